@@ -1,0 +1,39 @@
+"""The LLM key/value cache: a pytree passed in and returned by pure forward passes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from janusflow_jax.config import LlamaConfig
+from janusflow_jax.nn.layers import as_dtype
+
+CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
+
+
+@struct.dataclass
+class KVCache:
+    """k, v `[L, B, S, K, H]`; `mask` `[B, S]` marks slots holding a key that may be attended to
+    (0 for left padding, masked CFG prompt tokens and unwritten slots); `end_index` is the next free
+    slot (a scalar shared by the batch: rows are left-padded to a common length)."""
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+    end_index: jax.Array
+
+    @property
+    def size(self) -> int:
+        return self.k.shape[2]
+
+    @classmethod
+    def init(cls, cfg: LlamaConfig, batch: int, size: int, dtype: str | None = None) -> "KVCache":
+        dt = as_dtype(dtype or cfg.dtype)
+        shape = (cfg.num_hidden_layers, batch, size, cfg.num_key_value_heads, cfg.head_dim)
+        return cls(
+            k=jnp.zeros(shape, dt),
+            v=jnp.zeros(shape, dt),
+            mask=jnp.zeros((batch, size), jnp.bool_),
+            end_index=jnp.zeros((), jnp.int32),
+        )

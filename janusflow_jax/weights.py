@@ -1,0 +1,315 @@
+"""Official PyTorch state-dict names → JAX parameter paths, with layout transforms (no torch import).
+
+A table of `Rule(pattern, target, transform)`: `pattern` is a regex that must match a whole torch
+key; `target` is the dotted JAX path, where `{1}`, `{2}` … are the pattern's groups; a `*` in the
+target marks the stacked `layers` axis, filled by group 1 (the torch layer index).
+
+Transforms (validated against the target leaf's shape; any mismatch raises):
+  identity   same shape
+  linear     torch [out, in] → [in, out]
+  heads_in   torch [N·H, D] → [D, N, H]          (q/k/v projections, fused qkv → [D, 3, N, H])
+  heads_out  torch [D, N·H] → [N, H, D]          (attention output projections)
+  conv       torch OIHW → HWIO
+  squeeze    drop leading size-1 axes            (GRN (1,1,1,C) → (C,), pos_embed (1,N,W) → (N,W))
+  conv1x1_linear torch [O, I, 1, 1] → [I, O]     (1×1 convs stored as Linear in JAX)
+
+Strictness: every source key is matched by a rule or by IGNORED, every target leaf is filled exactly
+once (every layer of a stack), shapes are asserted, and the whole gap is reported at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+__all__ = [
+    "Rule",
+    "JANUSFLOW_RULES",
+    "JANUSFLOW_IGNORED",
+    "VAE_RULES",
+    "VAE_IGNORED",
+    "ConversionError",
+    "convert_state_dict",
+    "flatten_params",
+    "unflatten_params",
+    "param_targets",
+    "load_safetensors_params",
+]
+
+
+class ConversionError(ValueError):
+    """Source tensors and target parameters do not line up."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    pattern: str
+    target: str
+    transform: str = "identity"
+
+
+# --- the JanusFlow table -----------------------------------------------------------------------
+
+_LLM = r"language_model\.model\.layers\.(\d+)\."
+_SIG = r"vision_und_enc_model\.vision_tower\."
+_SIGB = _SIG + r"blocks\.(\d+)\."
+_CNX = r"(vision_gen_enc_model|vision_gen_dec_model)\.mid_block\.res_blocks\.(\d+)\."
+
+JANUSFLOW_RULES: tuple[Rule, ...] = (
+    # LLM (Llama): stacked layers, heads split out of the projection matrices
+    Rule(r"language_model\.model\.embed_tokens\.weight", "language_model.model.embed_tokens.embedding"),
+    Rule(_LLM + r"self_attn\.q_proj\.weight", "language_model.model.layers.*.self_attn.q_proj", "heads_in"),
+    Rule(_LLM + r"self_attn\.k_proj\.weight", "language_model.model.layers.*.self_attn.k_proj", "heads_in"),
+    Rule(_LLM + r"self_attn\.v_proj\.weight", "language_model.model.layers.*.self_attn.v_proj", "heads_in"),
+    Rule(_LLM + r"self_attn\.o_proj\.weight", "language_model.model.layers.*.self_attn.o_proj", "heads_out"),
+    Rule(_LLM + r"mlp\.gate_proj\.weight", "language_model.model.layers.*.mlp.gate_proj", "linear"),
+    Rule(_LLM + r"mlp\.up_proj\.weight", "language_model.model.layers.*.mlp.up_proj", "linear"),
+    Rule(_LLM + r"mlp\.down_proj\.weight", "language_model.model.layers.*.mlp.down_proj", "linear"),
+    Rule(_LLM + r"input_layernorm\.weight", "language_model.model.layers.*.input_layernorm.weight"),
+    Rule(_LLM + r"post_attention_layernorm\.weight", "language_model.model.layers.*.post_attention_layernorm.weight"),
+    Rule(r"language_model\.model\.norm\.weight", "language_model.model.norm.weight"),
+    Rule(r"language_model\.lm_head\.weight", "language_model.lm_head", "linear"),
+    # SigLIP understanding tower: stacked blocks, fused qkv split into (3, heads, head_dim)
+    Rule(_SIG + r"pos_embed", "vision_und_enc_model.vision_tower.pos_embed", "squeeze"),
+    Rule(_SIG + r"patch_embed\.proj\.weight", "vision_und_enc_model.vision_tower.patch_embed.proj.kernel", "conv"),
+    Rule(_SIG + r"patch_embed\.proj\.bias", "vision_und_enc_model.vision_tower.patch_embed.proj.bias"),
+    Rule(_SIGB + r"(norm1|norm2)\.(weight|bias)", "vision_und_enc_model.vision_tower.blocks.*.{2}.{3}"),
+    Rule(_SIGB + r"attn\.qkv\.weight", "vision_und_enc_model.vision_tower.blocks.*.attn.qkv", "heads_in"),
+    Rule(_SIGB + r"attn\.qkv\.bias", "vision_und_enc_model.vision_tower.blocks.*.attn.qkv_bias", "heads_bias"),
+    Rule(_SIGB + r"attn\.proj\.weight", "vision_und_enc_model.vision_tower.blocks.*.attn.proj", "heads_out"),
+    Rule(_SIGB + r"attn\.proj\.bias", "vision_und_enc_model.vision_tower.blocks.*.attn.proj_bias"),
+    Rule(_SIGB + r"mlp\.(fc1|fc2)\.weight", "vision_und_enc_model.vision_tower.blocks.*.mlp.{2}.kernel", "linear"),
+    Rule(_SIGB + r"mlp\.(fc1|fc2)\.bias", "vision_und_enc_model.vision_tower.blocks.*.mlp.{2}.bias"),
+    Rule(_SIG + r"norm\.(weight|bias)", "vision_und_enc_model.vision_tower.norm.{1}"),
+    # aligners and the understanding begin-of-image embedding
+    Rule(r"(vision_und_enc_aligner|vision_gen_enc_aligner|vision_gen_dec_aligner)\.weight", "{1}.kernel", "linear"),
+    Rule(r"(vision_und_enc_aligner|vision_gen_enc_aligner|vision_gen_dec_aligner)\.bias", "{1}.bias"),
+    Rule(r"vision_gen_dec_aligner_norm\.weight", "vision_gen_dec_aligner_norm.weight"),
+    Rule(r"beg_of_und_embed", "beg_of_und_embed"),
+    # ShallowUViT encoder / decoder
+    Rule(r"vision_gen_enc_model\.time_embed\.(linear_1|linear_2)\.weight", "vision_gen_enc_model.time_embed.{1}.kernel", "linear"),
+    Rule(r"vision_gen_enc_model\.time_embed\.(linear_1|linear_2)\.bias", "vision_gen_enc_model.time_embed.{1}.bias"),
+    Rule(r"vision_gen_enc_model\.in_conv\.weight", "vision_gen_enc_model.in_conv.kernel", "conv"),
+    Rule(r"vision_gen_enc_model\.in_conv\.bias", "vision_gen_enc_model.in_conv.bias"),
+    Rule(_CNX + r"depthwise\.weight", "{1}.mid_block.res_blocks.{2}.depthwise.kernel", "conv"),
+    Rule(_CNX + r"depthwise\.bias", "{1}.mid_block.res_blocks.{2}.depthwise.bias"),
+    Rule(_CNX + r"norm\.weight", "{1}.mid_block.res_blocks.{2}.norm.weight"),
+    Rule(_CNX + r"(channelwise_linear_1|channelwise_linear_2|cond_embeds_mapper)\.weight", "{1}.mid_block.res_blocks.{2}.{3}.kernel", "linear"),
+    Rule(_CNX + r"(channelwise_linear_1|channelwise_linear_2|cond_embeds_mapper)\.bias", "{1}.mid_block.res_blocks.{2}.{3}.bias"),
+    Rule(_CNX + r"channelwise_norm\.(weight|bias)", "{1}.mid_block.res_blocks.{2}.channelwise_norm.{3}", "squeeze"),
+    Rule(r"vision_gen_dec_model\.input_norm\.weight", "vision_gen_dec_model.input_norm.weight"),
+    Rule(r"vision_gen_dec_model\.out_convs\.(\d+)\.norm\.weight", "vision_gen_dec_model.out_convs.{1}.norm.weight"),
+    Rule(r"vision_gen_dec_model\.out_convs\.(\d+)\.unpatch_conv\.weight", "vision_gen_dec_model.out_convs.{1}.unpatch_conv.kernel", "conv"),
+    Rule(r"vision_gen_dec_model\.out_convs\.(\d+)\.unpatch_conv\.bias", "vision_gen_dec_model.out_convs.{1}.unpatch_conv.bias"),
+)
+
+# Stored in the official checkpoint but never used by the official forward passes.
+JANUSFLOW_IGNORED: tuple[str, ...] = (
+    # timm AttentionPoolLatent head of the SigLIP tower: built (global_pool="map") but the tower runs
+    # with ignore_head=True, so it never touches an output.
+    _SIG + r"attn_pool\..*",
+    # non-persistent RoPE buffer that some exporters still write
+    r"language_model\.model\.rotary_emb\.inv_freq",
+    r"language_model\.model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
+)
+
+# --- the diffusers AutoencoderKL table (filled by nn/vae.py's owner) ---------------------------
+
+VAE_RULES: tuple[Rule, ...] = ()
+VAE_IGNORED: tuple[str, ...] = ()
+
+
+# --- machinery ---------------------------------------------------------------------------------
+
+
+_FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _parse_path(dotted: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
+
+
+def flatten_params(tree: Mapping) -> dict[tuple, object]:
+    """Nested dict → {path tuple: leaf}."""
+    out: dict[tuple, object] = {}
+
+    def rec(node, prefix):
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                rec(v, prefix + (k,))
+        else:
+            out[prefix] = node
+
+    rec(tree, ())
+    return out
+
+
+def unflatten_params(flat: Mapping[tuple, object]) -> dict:
+    root: dict = {}
+    for path, leaf in flat.items():
+        node = root
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = leaf
+    return root
+
+
+def _apply(transform: str, a: np.ndarray, want: tuple[int, ...], key: str) -> np.ndarray:
+    def fail():
+        raise ConversionError(f"{key}: shape {a.shape} does not fit target {want} ({transform})")
+
+    if transform == "identity":
+        out = a
+    elif transform == "linear":
+        if a.ndim != 2:
+            fail()
+        out = a.T
+    elif transform == "heads_in":  # [X·N·H, D] -> [D, (X,) N, H]
+        if a.ndim != 2 or a.shape[1] != want[0] or a.shape[0] != int(np.prod(want[1:])):
+            fail()
+        out = a.T.reshape(want)
+    elif transform == "heads_bias":  # [X·N·H] -> [(X,) N, H]
+        if a.ndim != 1 or a.shape[0] != int(np.prod(want)):
+            fail()
+        out = a.reshape(want)
+    elif transform == "heads_out":  # [D, N·H] -> [N, H, D]
+        if a.ndim != 2 or a.shape[0] != want[-1] or a.shape[1] != int(np.prod(want[:-1])):
+            fail()
+        out = a.T.reshape(want)
+    elif transform == "conv":
+        if a.ndim != 4:
+            fail()
+        out = a.transpose(2, 3, 1, 0)
+    elif transform == "conv1x1_linear":
+        if a.ndim != 4 or a.shape[2:] != (1, 1):
+            fail()
+        out = a[:, :, 0, 0].T
+    elif transform == "squeeze":
+        extra = a.ndim - len(want)
+        if extra < 0 or any(s != 1 for s in a.shape[:extra]):
+            fail()
+        out = a.reshape(a.shape[extra:])
+    else:
+        raise ConversionError(f"unknown transform {transform!r}")
+    if tuple(out.shape) != tuple(want):
+        fail()
+    return out
+
+
+def convert_state_dict(
+    keys: Iterable[str],
+    get: Callable[[str], np.ndarray],
+    targets: Mapping[tuple, tuple[tuple[int, ...], np.dtype]],
+    rules: Iterable[Rule],
+    ignored: Iterable[str] = (),
+    *,
+    dtype: np.dtype | None = None,
+    source: str = "checkpoint",
+    on_tensor: Callable[[str], None] | None = None,
+) -> dict[tuple, np.ndarray]:
+    """Map source tensors onto `targets` ({path: (shape, dtype)}); returns {path: np.ndarray}.
+
+    Reads one tensor at a time through `get`; stacked leaves are assembled in a preallocated array,
+    so peak memory is about one copy of the weights. `dtype` (default: the target's dtype) is the
+    output dtype. Raises ConversionError listing every unmatched key, unfilled leaf and mismatch.
+    """
+    rules = [(re.compile(r.pattern), r) for r in rules]
+    ignored = [re.compile(p) for p in ignored]
+    out: dict[tuple, np.ndarray] = {}
+    filled: dict[tuple, set] = {}
+    unmatched, problems = [], []
+    for key in keys:
+        hit = None
+        for rx, rule in rules:
+            m = rx.fullmatch(key)
+            if m:
+                hit = (m, rule)
+                break
+        if hit is None:
+            if not any(rx.fullmatch(key) for rx in ignored):
+                unmatched.append(key)
+            continue
+        m, rule = hit
+        groups = m.groups()
+        stacked = "*" in rule.target
+        path_str = rule.target.format(None, *groups).replace("*", "__L__")
+        path = tuple("*" if p == "__L__" else p for p in _parse_path(path_str))
+        if stacked:
+            layer = int(groups[0])
+            path = tuple(p for p in path if p != "*")
+        if path not in targets:
+            problems.append(f"{key} → {'.'.join(map(str, path))}: no such parameter in the model")
+            continue
+        shape, tdtype = targets[path]
+        odt = np.dtype(dtype or tdtype)
+        try:
+            a = get(key)
+            if np.dtype(a.dtype).name not in _FLOAT_DTYPES:
+                raise ConversionError(f"{key}: dtype {np.dtype(a.dtype).name} is not a floating weight dtype {_FLOAT_DTYPES}")
+            if stacked:
+                if not 0 <= layer < shape[0]:
+                    problems.append(f"{key}: layer index {layer} out of range for {shape[0]} layers")
+                    continue
+                val = _apply(rule.transform, a, tuple(shape[1:]), key)
+                if path not in out:
+                    out[path] = np.zeros(shape, odt)
+                if layer in filled.setdefault(path, set()):
+                    problems.append(f"{key}: layer {layer} filled twice")
+                out[path][layer] = val.astype(odt)
+                filled[path].add(layer)
+            else:
+                if path in out:
+                    problems.append(f"{key}: parameter {'.'.join(map(str, path))} filled twice")
+                out[path] = np.asarray(_apply(rule.transform, a, tuple(shape), key)).astype(odt)
+        except ConversionError as e:
+            problems.append(str(e))
+        if on_tensor is not None:
+            on_tensor(key)
+    missing = []
+    for path, (shape, _) in targets.items():
+        name = ".".join(map(str, path))
+        if path not in out:
+            missing.append(name)
+        elif path in filled and len(filled[path]) != shape[0]:
+            lost = sorted(set(range(shape[0])) - filled[path])
+            missing.append(f"{name} (layers {lost})")
+    msgs = []
+    if missing:
+        msgs.append(f"missing tensor(s) for {len(missing)} parameter(s): {', '.join(missing[:20])}" + (" …" if len(missing) > 20 else ""))
+    if unmatched:
+        msgs.append(f"unexpected tensor(s) in {source}: {', '.join(unmatched[:20])}" + (" …" if len(unmatched) > 20 else ""))
+    if problems:
+        msgs.append("; ".join(problems[:20]) + (" …" if len(problems) > 20 else ""))
+    if msgs:
+        raise ConversionError(f"{source}: " + " | ".join(msgs))
+    return out
+
+
+def param_targets(abstract_module) -> dict[tuple, tuple[tuple[int, ...], np.dtype]]:
+    """{path: (shape, dtype)} of the `nnx.Param`s of an abstract (eval_shape) module."""
+    from flax import nnx
+
+    pure = nnx.state(abstract_module, nnx.Param).to_pure_dict()
+    return {p: (tuple(v.shape), np.dtype(v.dtype)) for p, v in flatten_params(pure).items()}
+
+
+def load_safetensors_params(
+    path: str,
+    targets: Mapping[tuple, tuple[tuple[int, ...], np.dtype]],
+    rules: Iterable[Rule],
+    ignored: Iterable[str] = (),
+    *,
+    dtype: np.dtype | str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Read one .safetensors file tensor by tensor and convert it onto `targets` (nested dict out)."""
+    from janusflow_jax.safetensors_io import SafetensorsFile
+
+    f = SafetensorsFile(path)
+    flat = convert_state_dict(
+        f.keys(), f.get, targets, rules, ignored, dtype=np.dtype(dtype) if dtype else None, source=path, on_tensor=progress
+    )
+    return unflatten_params(flat)
