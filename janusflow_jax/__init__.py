@@ -1,0 +1,45 @@
+"""janusflow-jax: JanusFlow (arXiv 2411.07975) in JAX/Flax NNX.
+
+Public API: `load()` → `JanusFlowModel` (the parity surface), the configs and presets, the networks.
+"""
+
+from janusflow_jax.config import (
+    JANUSFLOW_1_3B,
+    SDXL_VAE,
+    TINY,
+    TINY_VAE,
+    ConfigError,
+    JanusFlowConfig,
+    LlamaConfig,
+    SiglipConfig,
+    UViTDecoderConfig,
+    UViTEncoderConfig,
+    VaeConfig,
+)
+from janusflow_jax.model import JanusFlowModel, LoadError, load
+from janusflow_jax.nn.janusflow import JanusFlow
+from janusflow_jax.nn.kv_cache import KVCache
+from janusflow_jax.nn.vae import AutoencoderKL
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "JANUSFLOW_1_3B",
+    "SDXL_VAE",
+    "TINY",
+    "TINY_VAE",
+    "AutoencoderKL",
+    "ConfigError",
+    "JanusFlow",
+    "JanusFlowConfig",
+    "JanusFlowModel",
+    "KVCache",
+    "LlamaConfig",
+    "LoadError",
+    "SiglipConfig",
+    "UViTDecoderConfig",
+    "UViTEncoderConfig",
+    "VaeConfig",
+    "load",
+    "__version__",
+]

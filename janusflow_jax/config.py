@@ -296,10 +296,13 @@ class JanusFlowConfig:
     def latent_size(self, vae: VaeConfig) -> int:
         return self.gen_image_size // vae.downsample_factor
 
-    def gen_grid(self, vae: VaeConfig) -> int:
-        lat = self.latent_size(vae)
+    def grid_for_latent(self, latent_side: int) -> int:
+        """Side of the image-token grid for latents of side `latent_side` (the stem conv's output)."""
         k, s, p = self.gen_enc.kernel_size, self.gen_enc.stride, self.gen_enc.padding
-        return (lat + 2 * p - k) // s + 1
+        return (latent_side + 2 * p - k) // s + 1
+
+    def gen_grid(self, vae: VaeConfig) -> int:
+        return self.grid_for_latent(self.latent_size(vae))
 
     def num_gen_tokens(self, vae: VaeConfig) -> int:
         return self.gen_grid(vae) ** 2

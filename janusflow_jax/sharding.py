@@ -90,12 +90,23 @@ def shard(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names))
 
 
+def spec_for_shape(names: Sequence[str | None], shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
+    """`logical_to_spec`, replicating any dimension its mesh axes do not divide evenly
+    (e.g. the 3 RGB input channels of a patch conv on a 2-way fsdp axis)."""
+    out = []
+    for entry, dim in zip(logical_to_spec(names), shape):
+        axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        size = math.prod(mesh.shape[a] for a in axes)
+        out.append(entry if axes and dim % size == 0 else None)
+    return P(*out)
+
+
 def state_shardings(state, mesh: jax.sharding.Mesh):
     """NamedShardings for an nnx.State whose Variables carry `out_sharding` logical names."""
 
     def one(v):
         names = v.get_metadata().get("out_sharding") if isinstance(v, nnx.Variable) else None
-        spec = logical_to_spec(names) if names else P()
+        spec = spec_for_shape(names, v.shape, mesh) if names else P()
         return NamedSharding(mesh, spec)
 
     return jax.tree.map(one, state, is_leaf=lambda v: isinstance(v, nnx.Variable))

@@ -116,9 +116,22 @@ JANUSFLOW_IGNORED: tuple[str, ...] = (
     r"language_model\.model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
 )
 
-# --- the diffusers AutoencoderKL table (filled by nn/vae.py's owner) ---------------------------
+# --- the diffusers AutoencoderKL table ---------------------------------------------------------
 
-VAE_RULES: tuple[Rule, ...] = ()
+_VCONV = r"((?:(?:encoder|decoder)\.(?:.*\.)?)?(?:conv_in|conv_out|conv1|conv2|conv_shortcut|conv|quant_conv|post_quant_conv))"
+_VATT = r"((?:encoder|decoder)\.mid_block\.attentions\.0)\."
+_VATT_OLD = (("query", "to_q"), ("key", "to_k"), ("value", "to_v"), ("proj_attn", "to_out.0"))
+
+VAE_RULES: tuple[Rule, ...] = (
+    Rule(_VCONV + r"\.weight", "{1}.kernel", "conv"),
+    Rule(_VCONV + r"\.bias", "{1}.bias"),
+    Rule(r"(.*(?:norm1|norm2|group_norm|conv_norm_out))\.(weight|bias)", "{1}.{2}"),
+    Rule(_VATT + r"(to_q|to_k|to_v|to_out\.0)\.weight", "{1}.{2}.kernel", "linear"),
+    Rule(_VATT + r"(to_q|to_k|to_v|to_out\.0)\.bias", "{1}.{2}.bias"),
+    # names written by diffusers < 0.14 for the same attention
+    *(Rule(_VATT + old + r"\.weight", "{1}." + new + ".kernel", "linear") for old, new in _VATT_OLD),
+    *(Rule(_VATT + old + r"\.bias", "{1}." + new + ".bias") for old, new in _VATT_OLD),
+)
 VAE_IGNORED: tuple[str, ...] = ()
 
 
@@ -209,12 +222,14 @@ def convert_state_dict(
     dtype: np.dtype | None = None,
     source: str = "checkpoint",
     on_tensor: Callable[[str], None] | None = None,
+    materialize: bool = True,
 ) -> dict[tuple, np.ndarray]:
     """Map source tensors onto `targets` ({path: (shape, dtype)}); returns {path: np.ndarray}.
 
     Reads one tensor at a time through `get`; stacked leaves are assembled in a preallocated array,
     so peak memory is about one copy of the weights. `dtype` (default: the target's dtype) is the
     output dtype. Raises ConversionError listing every unmatched key, unfilled leaf and mismatch.
+    `materialize=False` checks the mapping only (values are not kept; shapes are still verified).
     """
     rules = [(re.compile(r.pattern), r) for r in rules]
     ignored = [re.compile(p) for p in ignored]
@@ -255,15 +270,17 @@ def convert_state_dict(
                     continue
                 val = _apply(rule.transform, a, tuple(shape[1:]), key)
                 if path not in out:
-                    out[path] = np.zeros(shape, odt)
+                    out[path] = np.zeros(shape, odt) if materialize else None
                 if layer in filled.setdefault(path, set()):
                     problems.append(f"{key}: layer {layer} filled twice")
-                out[path][layer] = val.astype(odt)
+                if materialize:
+                    out[path][layer] = val.astype(odt)
                 filled[path].add(layer)
             else:
                 if path in out:
                     problems.append(f"{key}: parameter {'.'.join(map(str, path))} filled twice")
-                out[path] = np.asarray(_apply(rule.transform, a, tuple(shape), key)).astype(odt)
+                val = _apply(rule.transform, a, tuple(shape), key)
+                out[path] = np.asarray(val).astype(odt) if materialize else None
         except ConversionError as e:
             problems.append(str(e))
         if on_tensor is not None:
@@ -292,7 +309,7 @@ def param_targets(abstract_module) -> dict[tuple, tuple[tuple[int, ...], np.dtyp
     """{path: (shape, dtype)} of the `nnx.Param`s of an abstract (eval_shape) module."""
     from flax import nnx
 
-    pure = nnx.state(abstract_module, nnx.Param).to_pure_dict()
+    pure = nnx.to_pure_dict(nnx.state(abstract_module, nnx.Param))
     return {p: (tuple(v.shape), np.dtype(v.dtype)) for p, v in flatten_params(pure).items()}
 
 

@@ -1,0 +1,414 @@
+"""The public model object: `janusflow_jax.load()` and the parity surface.
+
+Conventions of this surface (see README): arrays are numpy or jax arrays; images and latents are
+channels-last `[B, H, W, C]`; flow time t ∈ [0, 1] (0 = noise; ×1000 happens inside); logits are
+float32. Every method runs a jitted pure function of `(graphdef, params, inputs)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from janusflow_jax import checkpoint, config as config_lib, weights
+from janusflow_jax.config import ConfigError, JanusFlowConfig, VaeConfig
+from janusflow_jax.nn.janusflow import JanusFlow
+from janusflow_jax.nn.llama import positions_from_mask
+from janusflow_jax.nn.vae import AutoencoderKL
+from janusflow_jax.safetensors_io import WeightFileError, refuse_pickle
+from janusflow_jax.sampling import image as image_sampling
+from janusflow_jax.sampling import text as text_sampling
+from janusflow_jax.sharding import make_mesh, state_shardings, use_mesh
+
+__all__ = ["JanusFlowModel", "load", "abstract_modules", "LoadError"]
+
+
+class LoadError(ValueError):
+    pass
+
+
+def abstract_modules(cfg: JanusFlowConfig, vae_cfg: VaeConfig, mesh=None):
+    """Abstract (no memory) JanusFlow and VAE modules; leaves are sharded ShapeDtypeStructs."""
+    with use_mesh(mesh):
+        jf = nnx.eval_shape(lambda: JanusFlow(cfg, rngs=nnx.Rngs(0)))
+        vae = nnx.eval_shape(lambda: AutoencoderKL(vae_cfg, rngs=nnx.Rngs(0)))
+    return jf, vae
+
+
+def _place(abstract, pure: dict, mesh) -> tuple[Any, Any]:
+    """Put a nested dict of host arrays into the abstract module's Param state, sharded."""
+    graphdef, state = nnx.split(abstract, nnx.Param)
+    shardings = nnx.to_pure_dict(state_shardings(state, mesh))
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda x, s: jax.device_put(x, s), pure, shardings))
+    return graphdef, state
+
+
+def _restore_target(abstract, mesh) -> dict:
+    """ShapeDtypeStructs (the model's dtype, sharded on `mesh`) for an Orbax restore."""
+    _, state = nnx.split(abstract, nnx.Param)
+    shardings = nnx.to_pure_dict(state_shardings(state, mesh))
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nnx.to_pure_dict(state), shardings
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _llm_logits(graphdef, params, ids, mask):
+    m = nnx.merge(graphdef, params)
+    lm = m.language_model
+    hidden, _, _ = lm.model(lm.embed(ids), positions_from_mask(mask, ids.shape), mask)
+    return lm.logits(hidden)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _understanding_logits(graphdef, params, ids, pixels, seq_mask, emb_mask, mask):
+    m = nnx.merge(graphdef, params)
+    embeds = m.prepare_inputs_embeds(ids, pixels, seq_mask, emb_mask)
+    hidden, _, _ = m.language_model.model(embeds, positions_from_mask(mask, ids.shape), mask)
+    return m.language_model.logits(hidden)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _gen_encode(graphdef, params, z, t1000):
+    return nnx.merge(graphdef, params).gen_encode(z, t1000)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _gen_decode(graphdef, params, x, skip, t_emb):
+    return nnx.merge(graphdef, params).gen_decode(x, skip, t_emb)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_image_tokens", "pad_id"))
+def _velocity(graphdef, params, prompt_ids, prompt_mask, z, t1000, cfg_weight, num_image_tokens, pad_id):
+    m = nnx.merge(graphdef, params)
+    batch = image_sampling.cfg_batch(prompt_ids, prompt_mask, num_image_tokens, pad_id)
+    return image_sampling.velocity_fn(m, batch, None, cfg_weight)(z.astype(m.dtype), t1000)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "num_steps", "solver", "use_cache", "pad_id"), donate_argnames=()
+)
+def _sample_latents(graphdef, params, prompt_ids, prompt_mask, z0, cfg_weight, num_steps, solver, use_cache, pad_id):
+    m = nnx.merge(graphdef, params)
+    n = m.cfg.grid_for_latent(z0.shape[1]) ** 2
+    batch = image_sampling.cfg_batch(prompt_ids, prompt_mask, n, pad_id)
+    return image_sampling.sample_latents(
+        m, batch, z0.astype(m.dtype), num_steps=num_steps, cfg_weight=cfg_weight, solver=solver, use_cache=use_cache
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "opts"))
+def _generate_text(graphdef, params, ids, pixels, seq_mask, emb_mask, mask, key, temperature, top_p, opts):
+    m = nnx.merge(graphdef, params)
+    embeds = m.prepare_inputs_embeds(ids, pixels, seq_mask, emb_mask)
+    return text_sampling.generate(m, embeds, mask, key, opts, temperature, top_p)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _vae_decode(graphdef, params, latents):
+    vae = nnx.merge(graphdef, params)
+    return vae.decode(latents / vae.cfg.scaling_factor)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _vae_encode(graphdef, params, images):
+    return nnx.merge(graphdef, params).encode(images)[0]
+
+
+def _prompt_rows(prompt_ids, batch: int | None = None):
+    ids = np.asarray(prompt_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if batch is not None and ids.shape[0] == 1 and batch > 1:
+        ids = np.repeat(ids, batch, axis=0)
+    return ids.astype(np.int32)
+
+
+def _t1000(t, batch: int) -> jax.Array:
+    """Flow time(s) in [0, 1] → ×1000 float32 `[batch]` (host float64 product, like the reference)."""
+    if isinstance(t, jax.core.Tracer):
+        return jnp.broadcast_to(jnp.asarray(t, jnp.float32) * 1000.0, (batch,))
+    t = np.asarray(t, np.float64) * 1000.0
+    return jnp.asarray(np.broadcast_to(t, (batch,)).astype(np.float32))
+
+
+@dataclasses.dataclass
+class JanusFlowModel:
+    """A loaded JanusFlow: configs, parameters (sharded on `mesh`) and the jitted entry points."""
+
+    cfg: JanusFlowConfig
+    vae_cfg: VaeConfig
+    graphdef: Any
+    params: Any
+    vae_graphdef: Any
+    vae_params: Any
+    mesh: Any = None
+    processor_dir: str | None = None  # folder holding tokenizer/processor files, if any
+    pad_id: int = 0  # pad id (masked CFG prompt tokens, left padding, tokens after EOS)
+    eos_id: int | None = None  # end of sentence; None: decoding never stops early
+    bos_id: int | None = None
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_host_params(cls, cfg, vae_cfg, jf_pure, vae_pure, *, mesh=None, **kw) -> "JanusFlowModel":
+        jf_abs, vae_abs = abstract_modules(cfg, vae_cfg, mesh)
+        with use_mesh(mesh) as m:
+            gd, st = _place(jf_abs, jf_pure, m)
+            vgd, vst = _place(vae_abs, vae_pure, m)
+        return cls(cfg, vae_cfg, gd, st, vgd, vst, mesh=m, **kw)
+
+    @classmethod
+    def init(cls, cfg: JanusFlowConfig, vae_cfg: VaeConfig, *, seed: int = 0, mesh=None, **kw) -> "JanusFlowModel":
+        """Randomly initialised model, created directly sharded (`jax.jit(init, out_shardings=...)`)."""
+        jf_abs, vae_abs = abstract_modules(cfg, vae_cfg, mesh)
+        with use_mesh(mesh) as m:
+            out = []
+            for abstract, make in (
+                (jf_abs, lambda: JanusFlow(cfg, rngs=nnx.Rngs(seed))),
+                (vae_abs, lambda: AutoencoderKL(vae_cfg, rngs=nnx.Rngs(seed + 1))),
+            ):
+                gd, st = nnx.split(abstract, nnx.Param)
+                state = jax.jit(lambda: nnx.split(make(), nnx.Param)[1], out_shardings=state_shardings(st, m))()
+                out += [gd, state]
+        return cls(cfg, vae_cfg, *out, mesh=m, **kw)
+
+    @property
+    def module(self) -> JanusFlow:
+        """The merged nnx module (eager use, tests)."""
+        return nnx.merge(self.graphdef, self.params)
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        return nnx.merge(self.vae_graphdef, self.vae_params)
+
+    @property
+    def dtype(self):
+        return jnp.dtype(self.cfg.llm.dtype)
+
+    # --- the parity surface -------------------------------------------------------------------
+
+    def llm_logits(self, input_ids, attention_mask=None) -> jax.Array:
+        ids = jnp.asarray(input_ids, jnp.int32)
+        mask = jnp.ones(ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        return _llm_logits(self.graphdef, self.params, ids, mask)
+
+    def understanding_logits(self, input_ids, pixel_values, images_seq_mask, images_emb_mask, attention_mask=None):
+        ids = jnp.asarray(input_ids, jnp.int32)
+        mask = jnp.ones(ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        return _understanding_logits(
+            self.graphdef,
+            self.params,
+            ids,
+            jnp.asarray(pixel_values, self.dtype),
+            jnp.asarray(images_seq_mask, jnp.bool_),
+            jnp.asarray(images_emb_mask, jnp.bool_),
+            mask,
+        )
+
+    def gen_encode(self, z, t):
+        z = jnp.asarray(z, self.dtype)
+        return _gen_encode(self.graphdef, self.params, z, _t1000(t, z.shape[0]))
+
+    def gen_decode(self, x, skip, t_emb):
+        return _gen_decode(
+            self.graphdef, self.params, jnp.asarray(x, self.dtype), jnp.asarray(skip, self.dtype), jnp.asarray(t_emb, self.dtype)
+        )
+
+    def velocity(self, prompt_ids, z, t, *, cfg_weight: float, prompt_mask=None):
+        """Guided velocity `[B,H,W,4]` of one ODE evaluation; `prompt_ids` `[L]` or `[B, L]` (left-padded,
+        ending with the image start tag), `t` the flow time in [0, 1] (scalar or `[B]`)."""
+        z = jnp.asarray(z, self.dtype)
+        ids = _prompt_rows(prompt_ids, z.shape[0])
+        mask = np.ones_like(ids) if prompt_mask is None else _prompt_rows(prompt_mask, z.shape[0])
+        n = self.cfg.grid_for_latent(z.shape[1]) ** 2
+        t1000 = _t1000(t, z.shape[0])
+        t1000 = jnp.concatenate([t1000, t1000])
+        return _velocity(
+            self.graphdef, self.params, ids, mask, z, t1000, jnp.float32(cfg_weight), num_image_tokens=n, pad_id=self.pad_id
+        )
+
+    def sample_latents(
+        self, prompt_ids, z0, *, num_steps: int, cfg_weight: float, solver: str = "euler", prompt_mask=None, use_cache=True
+    ):
+        """Final latents `[B,h,w,4]` of the CFG rectified-flow ODE from noise `z0` (official sampler defaults)."""
+        if int(num_steps) <= 0:
+            raise ValueError(f"num_steps must be positive, got {num_steps}")
+        z0 = jnp.asarray(z0, self.dtype)
+        ids = _prompt_rows(prompt_ids, z0.shape[0])
+        mask = np.ones_like(ids) if prompt_mask is None else _prompt_rows(prompt_mask, z0.shape[0])
+        return _sample_latents(
+            self.graphdef,
+            self.params,
+            ids,
+            mask,
+            z0,
+            jnp.float32(cfg_weight),
+            num_steps=int(num_steps),
+            solver=solver,
+            use_cache=use_cache,
+            pad_id=self.pad_id,
+        )
+
+    def generate_text(
+        self,
+        input_ids,
+        pixel_values,
+        images_seq_mask,
+        images_emb_mask,
+        *,
+        attention_mask=None,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        return_logits: bool = False,
+    ):
+        """New token ids `[B, max_new_tokens]` (KV-cached; positions after EOS hold the pad id).
+
+        With `return_logits=True` also returns the float32 logits each token was chosen from."""
+        if int(max_new_tokens) <= 0:
+            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        ids = jnp.asarray(input_ids, jnp.int32)
+        if ids.shape[1] + int(max_new_tokens) > self.cfg.llm.max_position_embeddings:
+            raise ValueError(
+                f"prompt of {ids.shape[1]} tokens + {max_new_tokens} new tokens exceeds the context "
+                f"({self.cfg.llm.max_position_embeddings})"
+            )
+        mask = jnp.ones(ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        opts = text_sampling.DecodeOptions(
+            max_new_tokens=int(max_new_tokens),
+            eos_id=-1 if self.eos_id is None else int(self.eos_id),
+            pad_id=int(self.pad_id),
+            greedy=float(temperature) <= 0.0,
+        )
+        state = _generate_text(
+            self.graphdef,
+            self.params,
+            ids,
+            jnp.asarray(pixel_values, self.dtype),
+            jnp.asarray(images_seq_mask, jnp.bool_),
+            jnp.asarray(images_emb_mask, jnp.bool_),
+            mask,
+            jax.random.key(seed),
+            jnp.float32(temperature),
+            jnp.float32(top_p),
+            opts=opts,
+        )
+        return (state.tokens, state.logits) if return_logits else state.tokens
+
+    def vae_decode(self, latents) -> jax.Array:
+        """Scaled latents `[B,h,w,C]` → images `[B,H,W,3]` in about [-1, 1] (divides by scaling_factor)."""
+        dt = jnp.dtype(self.vae_cfg.dtype)
+        return _vae_decode(self.vae_graphdef, self.vae_params, jnp.asarray(latents, dt))
+
+    def vae_encode(self, images) -> jax.Array:
+        """Images `[B,H,W,3]` in [-1, 1] → latent mean `[B,h,w,C]` (unscaled)."""
+        dt = jnp.dtype(self.vae_cfg.dtype)
+        return _vae_encode(self.vae_graphdef, self.vae_params, jnp.asarray(images, dt))
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def _find_weights(model_dir: str, stem: str) -> str:
+    st = os.path.join(model_dir, f"{stem}.safetensors")
+    if os.path.isfile(st):
+        return st
+    for suffix in (".bin", ".pt", ".pth", ".ckpt"):
+        p = os.path.join(model_dir, f"{stem}{suffix}" if stem != "model" else f"pytorch_model{suffix}")
+        if os.path.isfile(p):
+            refuse_pickle(p)
+    if os.path.isfile(os.path.join(model_dir, f"{stem}.safetensors.index.json")):
+        raise WeightFileError(f"{model_dir}: sharded safetensors ({stem}.safetensors.index.json) are not supported yet")
+    raise WeightFileError(f"{model_dir}: no {stem}.safetensors found")
+
+
+def read_hf_folder(model_dir: str, vae_dir: str, *, dtype: str = "float32", progress=None):
+    """Read an official JanusFlow folder + diffusers VAE folder into host param trees (no torch)."""
+    if not os.path.isdir(model_dir):
+        raise LoadError(f"{model_dir}: not a folder")
+    cfg = config_lib.load_official_config(model_dir).with_dtype(dtype)
+    if not os.path.isdir(vae_dir):
+        raise LoadError(f"{vae_dir}: VAE folder not found (pass vae_path / --vae)")
+    vae_cfg = dataclasses.replace(config_lib.load_vae_config(vae_dir), dtype=dtype, param_dtype=dtype)
+    jf_abs, vae_abs = abstract_modules(cfg, vae_cfg)
+    jf = weights.load_safetensors_params(
+        _find_weights(model_dir, "model"),
+        weights.param_targets(jf_abs),
+        weights.JANUSFLOW_RULES,
+        weights.JANUSFLOW_IGNORED,
+        progress=progress,
+    )
+    vae = weights.load_safetensors_params(
+        _find_weights(vae_dir, "diffusion_pytorch_model"),
+        weights.param_targets(vae_abs),
+        weights.VAE_RULES,
+        weights.VAE_IGNORED,
+        progress=progress,
+    )
+    return cfg, vae_cfg, jf, vae
+
+
+SPECIAL_TOKENS = {
+    "bos_id": "<｜begin▁of▁sentence｜>",
+    "eos_id": "<｜end▁of▁sentence｜>",
+    "pad_id": "<｜▁pad▁｜>",
+}
+
+
+def special_ids(folder: str | None) -> dict[str, int]:
+    """BOS/EOS/pad ids read from `folder/tokenizer.json` (never assumed); {} without a tokenizer."""
+    if folder is None or not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        return {}
+    import json
+
+    with open(os.path.join(folder, "tokenizer.json"), encoding="utf-8") as f:
+        tok = json.load(f)
+    by_text = {a.get("content"): int(a["id"]) for a in tok.get("added_tokens", [])}
+    vocab = tok.get("model", {}).get("vocab", {})
+    out = {}
+    for field, text in SPECIAL_TOKENS.items():
+        if text in by_text:
+            out[field] = by_text[text]
+        elif isinstance(vocab, dict) and text in vocab:
+            out[field] = int(vocab[text])
+    if "pad_id" not in out and "eos_id" in out:
+        out["pad_id"] = out["eos_id"]  # the official processor's fallback
+    return out
+
+
+def load(path: str | None = None, *, vae_path: str | None = None, dtype: str = "float32", mesh=None) -> JanusFlowModel:
+    """Load a JanusFlow from an official HF-format folder or a `janusflow-convert` Orbax checkpoint.
+
+    HF folder: `config.json` + `model.safetensors` (+ tokenizer/processor files); the VAE comes from
+    `vae_path`, or `path/vae` when it exists. Orbax checkpoint: holds the VAE too.
+    """
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    if path is None:
+        raise LoadError("no model path given (the shipped default model is not part of this release yet)")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise LoadError(f"{path}: no such checkpoint or model folder")
+    if checkpoint.is_checkpoint(path):
+        meta = checkpoint.read_metadata(path)
+        cfg = config_lib.from_official_json(meta["config"]).with_dtype(dtype)
+        vae_cfg = dataclasses.replace(VaeConfig.from_diffusers(meta["vae_config"]), dtype=dtype, param_dtype=dtype)
+        mesh = mesh if mesh is not None else make_mesh()
+        jf_abs, vae_abs = abstract_modules(cfg, vae_cfg, mesh)
+        target = {"janusflow": _restore_target(jf_abs, mesh), "vae": _restore_target(vae_abs, mesh)}
+        tree = checkpoint.restore_params(path, target)
+        return JanusFlowModel.from_host_params(
+            cfg, vae_cfg, tree["janusflow"], tree["vae"], mesh=mesh, processor_dir=path, **special_ids(path)
+        )
+    vae_dir = vae_path or os.path.join(path, "vae")
+    cfg, vae_cfg, jf, vae = read_hf_folder(path, vae_dir, dtype=dtype)
+    return JanusFlowModel.from_host_params(cfg, vae_cfg, jf, vae, mesh=mesh, processor_dir=path, **special_ids(path))

@@ -1,0 +1,139 @@
+"""Sampling benchmark: one text-to-image call (ODE + VAE decode) and one understanding decode.
+
+    python sample/bench.py [--size bench] [--repeats 5] [--dtype float32]
+
+Prints compile time, the median of `--repeats` timed runs (after a warm-up), images/s, tokens/s,
+the analytic FLOPs of each call, the matrix-multiply peak measured in this run, MFU, and the time
+bound FLOPs ÷ peak. `bench` is the geometry of shared/reference/bench (sample/configs/bench/),
+whose official PyTorch CPU timings are printed beside ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def matmul_peak(dtype: str, n: int | None = None, repeats: int = 5) -> float:
+    """Best FLOP/s of a jitted square matmul chain on the default device."""
+    n = n or (1024 if jax.default_backend() == "cpu" else 8192)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
+    f = jax.jit(lambda x: x @ x @ x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 3 * 2 * n**3 / best
+
+
+def timed(fn, repeats: int):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t
+    fn()  # warm-up (not timed)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return first, statistics.median(times), times
+
+
+def main(argv=None) -> int:
+    from janusflow_jax import flops
+    from janusflow_jax.config import VaeConfig, load_official_config
+    from janusflow_jax.model import JanusFlowModel
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="bench", choices=["bench"])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--what", default="gen,und")
+    args = ap.parse_args(argv)
+
+    folder = os.path.join(HERE, "configs", args.size)
+    settings = json.load(open(os.path.join(folder, "bench_settings.json")))
+    torch_ref = json.load(open(os.path.join(folder, "torch_cpu_results.json")))
+    cfg = load_official_config(folder).with_dtype(args.dtype)
+    vae_cfg = VaeConfig.from_diffusers(json.load(open(os.path.join(folder, "vae_config.json"))))
+    import dataclasses
+
+    vae_cfg = dataclasses.replace(vae_cfg, dtype=args.dtype, param_dtype=args.dtype)
+    dev = jax.devices()[0]
+    print(f"device: {dev.device_kind} ({jax.default_backend()}), {len(jax.devices())} device(s), dtype {args.dtype}")
+    t = time.perf_counter()
+    model = JanusFlowModel.init(cfg, vae_cfg, seed=0, pad_id=258, eos_id=-1)
+    print(f"init: {time.perf_counter() - t:.1f}s")
+    peak = matmul_peak(args.dtype)
+    print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    out = {"device": dev.device_kind, "peak_flops": peak}
+
+    if "gen" in args.what:
+        steps, b, w = settings["num_steps"], settings["gen_batch"], settings["cfg_weight"]
+        c, h, wd = settings["latent"]
+        text = f"User: {settings['gen_prompt']}\n\nAssistant:".encode()
+        ids = np.asarray([256] + list(text) + [260], np.int32)  # BOS, bytes, image tag (byte-level tokenizer)
+        z0 = np.asarray(jax.random.normal(jax.random.key(1), (b, h, wd, c)), np.float32)
+
+        def gen():
+            z = model.sample_latents(ids, z0, num_steps=steps, cfg_weight=w)
+            return model.vae_decode(z)
+
+        first, med, all_t = timed(gen, args.repeats)
+        plen = len(ids) - 1
+        f_gen = flops.llm_flops(cfg.llm, 2 * b, plen) + steps * flops.gen_step_flops(cfg, 2 * b, h, plen, recompute=False)
+        f_vae = flops.vae_decode_flops(vae_cfg, h, b)
+        f_official = steps * flops.gen_step_flops(cfg, 2 * b, h, plen, recompute=True) + f_vae
+        total = f_gen + f_vae
+        ref = torch_ref["generation"]["sampling_call_s"]["median_s"]
+        print(
+            f"generation ({steps} steps, CFG batch {b}, {h}x{wd} latents, prompt {len(ids)} tokens): "
+            f"first call {first:.2f}s (compile+run), median {med:.3f}s over {args.repeats} "
+            f"({b / med:.2f} images/s); FLOPs {total / 1e9:.1f} G (official full-recompute path {f_official / 1e9:.1f} G); "
+            f"MFU {flops.mfu(total, med, peak):.1%}; bound {total / peak:.3f}s; official torch CPU {ref:.2f}s → speed-up {ref / med:.2f}x"
+        )
+        out["generation"] = dict(first_s=first, median_s=med, all_s=all_t, flops=total, official_flops=f_official, torch_s=ref)
+
+    if "und" in args.what:
+        n_new = settings["und_new_tokens"]
+        p_tokens = torch_ref["understanding"]["prompt_tokens"]
+        n_img = cfg.siglip.num_patches
+        ids = np.asarray(jax.random.randint(jax.random.key(2), (1, p_tokens), 0, 256), np.int32)
+        ids[0, 0] = 256
+        start = 40
+        seq_mask = np.zeros((1, p_tokens), bool)
+        seq_mask[0, start : start + 1 + n_img] = True
+        emb_mask = np.ones((1, 1, 1 + n_img), bool)
+        px = np.asarray(jax.random.normal(jax.random.key(3), (1, 1, cfg.siglip.image_size, cfg.siglip.image_size, 3)), np.float32)
+
+        def und():
+            return model.generate_text(ids, px, seq_mask, emb_mask, max_new_tokens=n_new)
+
+        first, med, all_t = timed(und, args.repeats)
+        f_und = flops.siglip_flops(cfg.siglip, 1) + flops.llm_flops(cfg.llm, 1, p_tokens, lm_head_tokens=1)
+        f_und += sum(flops.llm_flops(cfg.llm, 1, 1, cached=p_tokens + k, lm_head_tokens=1) for k in range(n_new - 1))
+        ref = torch_ref["understanding"]["generate_32_tokens_s"]["median_s"]
+        print(
+            f"understanding ({p_tokens}-token prompt, {n_new} new tokens): first call {first:.2f}s, median {med:.3f}s "
+            f"({n_new / med:.1f} tokens/s); FLOPs {f_und / 1e9:.2f} G; MFU {flops.mfu(f_und, med, peak):.1%}; "
+            f"bound {f_und / peak:.3f}s; official torch CPU {ref:.3f}s → speed-up {ref / med:.2f}x"
+        )
+        out["understanding"] = dict(first_s=first, median_s=med, all_s=all_t, flops=f_und, torch_s=ref)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

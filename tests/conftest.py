@@ -1,0 +1,55 @@
+"""Test setup: 8 simulated CPU devices, float32, highest matmul precision (set before jax import)."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+TINY_DIR = FIXTURES / "janusflow-tiny"
+
+
+def rel_err(ours, ref) -> float:
+    """max |ours − ref| / max |ref| in float64."""
+    a = np.asarray(ours, np.float64)
+    b = np.asarray(ref, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def nchw_to_nhwc(x):
+    x = np.asarray(x)
+    return np.moveaxis(x, -3, -1)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> pathlib.Path:
+    return TINY_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The golden-fixture model loaded through the real loader (HF folder, float32)."""
+    import janusflow_jax
+
+    return janusflow_jax.load(str(TINY_DIR), dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def npz():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = dict(np.load(TINY_DIR / f"{name}.npz"))
+        return cache[name]
+
+    return get
