@@ -197,7 +197,7 @@ class VaeConfig:
 
     @classmethod
     def from_diffusers(cls, d: dict[str, Any]) -> "VaeConfig":
-        unknown = sorted(set(d) - cls._KNOWN)
+        unknown = sorted(k for k in set(d) - cls._KNOWN if not k.startswith("_"))  # "_*": diffusers bookkeeping
         if unknown:
             raise ConfigError(f"VAE config.json: unknown field(s) {unknown}")
         name = d.get("_class_name", "AutoencoderKL")
