@@ -64,6 +64,7 @@ class LlamaConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # parameter storage dtype
     remat: str = "none"  # rematerialisation policy of the scanned layer body
+    attn_block: int = 128  # query block of causal attention (speed only; 0 = one block)
 
     def __post_init__(self):
         _check_dtype("dtype", self.dtype)

@@ -14,7 +14,7 @@ def test_cached_prefix_equals_recompute_at_every_step(tiny_model, npz):
     m = tiny_model.module
     ids = np.repeat(d["prompt_ids"][None], 2, 0)
     batch = cfg_batch(ids, np.ones_like(ids), 16, pad_id=tiny_model.pad_id)
-    cache = prefill_prompt(m, batch, 16)
+    cache = prefill_prompt(m, batch)
     v_cached = velocity_fn(m, batch, cache, 2.0)
     v_full = velocity_fn(m, batch, None, 2.0)
     z = jnp.asarray(nchw_to_nhwc(d["z0"]))

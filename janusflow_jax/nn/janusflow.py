@@ -97,8 +97,8 @@ class JanusFlow(nnx.Module):
         """Velocity of each row for latents z `[R,H,W,4]` at time t1000 `[R]`.
 
         Without a cache, `prefix_embeds` `[R,P,D]` (the prompt without its last tag token) and
-        `prefix_mask` `[R,P]` are recomputed (the official behaviour); with a cache holding that
-        prefix, only `[t_emb, image tokens]` run through the LLM. `positions` `[R, P+1+N]` are the
+        `prefix_mask` `[R,P]` are recomputed (the official behaviour); with `cache` holding that
+        prefix (read-only), only `[t_emb, image tokens]` run through the LLM. `positions` `[R, P+1+N]` are the
         RoPE positions of the prefix, the t_emb token and the image tokens.
         """
         x_emb, t_emb, skip = self.gen_encode(z, t1000)
@@ -111,6 +111,6 @@ class JanusFlow(nnx.Module):
             mask = jnp.concatenate([prefix_mask.astype(jnp.bool_), new_mask], axis=1)
             hidden, _, _ = self.language_model.model(embeds, positions, mask)
         else:
-            hidden, _, _ = self.language_model.model(new, positions[:, -(n + 1) :], new_mask, cache)
+            hidden, _, _ = self.language_model.model(new, positions[:, -(n + 1) :], new_mask, prefix=cache)
         x = self.gen_decoder_input(hidden[:, -n:], x_emb.shape[1])
         return self.gen_decode(x, skip, t_emb)

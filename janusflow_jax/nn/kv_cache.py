@@ -37,3 +37,19 @@ class KVCache:
             mask=jnp.zeros((batch, size), jnp.bool_),
             end_index=jnp.zeros((), jnp.int32),
         )
+
+    @classmethod
+    def from_prefill(cls, k: jax.Array, v: jax.Array, mask: jax.Array, size: int | None = None) -> "KVCache":
+        """Cache holding a prefilled prompt: k, v `[L, B, T, K, H]` (from `return_kv=True`), mask `[B, T]`;
+        `size` ≥ T slots (the rest empty, for decoding)."""
+        t = k.shape[2]
+        size = t if size is None else size
+        if size < t:
+            raise ValueError(f"cache size {size} < prompt length {t}")
+        pad = ((0, 0), (0, 0), (0, size - t), (0, 0), (0, 0))
+        return cls(
+            k=jnp.pad(k, pad),
+            v=jnp.pad(v, pad),
+            mask=jnp.pad(mask.astype(jnp.bool_), ((0, 0), (0, size - t))),
+            end_index=jnp.asarray(t, jnp.int32),
+        )

@@ -111,17 +111,39 @@ class Conv2d(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = as_dtype(self.dtype)
         p = self.padding
-        y = jax.lax.conv_general_dilated(
-            x.astype(dt),
-            self.kernel[...].astype(dt),
-            window_strides=(self.stride, self.stride),
-            padding=((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=self.groups,
-        )
+        _, _, cin_g, cout = self.kernel.shape
+        if self.groups > 1 and cin_g == 1 and cout == self.groups and self.stride == 1:
+            y = _depthwise(x.astype(dt), self.kernel[...].astype(dt), p)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x.astype(dt),
+                self.kernel[...].astype(dt),
+                window_strides=(self.stride, self.stride),
+                padding=((p, p), (p, p)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=self.groups,
+            )
         if self.bias is not None:
             y = y + self.bias[...].astype(dt)
         return y
+
+
+def _depthwise(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+    """Stride-1 depthwise conv as a sum of k·k shifted, per-channel-scaled copies.
+
+    Same result as `conv_general_dilated(..., feature_group_count=C)` (up to summation order), but
+    XLA fuses it into one elementwise kernel: ~20× faster than XLA:CPU's grouped convolution for the
+    ConvNeXt 7×7 blocks (measured 1.4 ms vs 31 ms at 4×24×24×128 on 2 cores).
+    """
+    kh, kw = kernel.shape[:2]
+    h, w = x.shape[1] + 2 * pad - kh + 1, x.shape[2] + 2 * pad - kw + 1
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            term = xp[:, i : i + h, j : j + w, :] * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
 
 
 class RMSNorm(nnx.Module):

@@ -44,20 +44,64 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rot * sin
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
-    """q `[B,T,N,H]`, k/v `[B,S,K,H]`, mask `[B,T,S]` bool → `[B,T,N,H]`.
+def _heads_major(q, k, v):
+    """[B,T,N,H], [B,S,K,H] → q [B,K,G,T,H], k/v [B,K,S,H] (batched-matmul friendly on CPU)."""
+    b, t, n, h = q.shape
+    kh = k.shape[2]
+    return q.reshape(b, t, kh, n // kh, h).transpose(0, 2, 3, 1, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+
+def _attend(qh, kh, vh, mask, scale):
+    """Heads-major core: qh `[B,K,G,T,H]`, kh/vh `[B,K,S,H]`, mask `[B,T,S]` → `[B,K,G,T,H]`.
 
     Masked scores are set to the float32 minimum (as HF's additive mask does), so a query with no
     visible key attends uniformly, exactly like the reference at left-pad positions.
     """
-    b, t, n, h = q.shape
-    kh = k.shape[2]
-    qg = q.reshape(b, t, kh, n // kh, h)
-    s = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k, preferred_element_type=jnp.float32) * scale
+    s = jnp.einsum("BKGTH,BKSH->BKGTS", qh, kh, preferred_element_type=jnp.float32) * scale
     s = jnp.where(mask[:, None, None, :, :], s, jnp.finfo(jnp.float32).min)
-    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    o = jnp.einsum("BKGTS,BSKH->BTKGH", p, v)
-    return o.reshape(b, t, n, h)
+    p = jax.nn.softmax(s, axis=-1).astype(vh.dtype)
+    return jnp.einsum("BKGTS,BKSH->BKGTH", p, vh)
+
+
+def _tokens_major(o):
+    b, kh, g, t, h = o.shape
+    return o.transpose(0, 3, 1, 2, 4).reshape(b, t, kh * g, h)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+    """q `[B,T,N,H]`, k/v `[B,S,K,H]`, mask `[B,T,S]` bool → `[B,T,N,H]`."""
+    return _tokens_major(_attend(*_heads_major(q, k, v), mask, scale))
+
+
+def causal_attention(q, k, v, key_mask, scale: float, block: int, prefix=None) -> jax.Array:
+    """T new tokens attending causally among themselves (and to every valid key of a read-only
+    `prefix=(k [B,P,K,H], v, mask [B,P])`), computed in query blocks of `block`.
+
+    Block i only materialises scores for the keys it can see (prefix + new keys up to its end): on
+    CPU this halves the work of the image-token attention and keeps score tiles in cache.
+    """
+    b, t = q.shape[:2]
+    block = block if 0 < block < t else t
+    p = 0 if prefix is None else prefix[0].shape[1]
+    if prefix is not None:
+        k = jnp.concatenate([prefix[0].astype(k.dtype), k], axis=1)
+        v = jnp.concatenate([prefix[1].astype(v.dtype), v], axis=1)
+    qh, kh, vh = _heads_major(q, k, v)
+    # A query that sees no key at all (a left-pad position) attends uniformly to every key in the
+    # unblocked form; keep exactly that behaviour under blocking.
+    uniform = jnp.mean(vh.astype(jnp.float32), axis=2).astype(vh.dtype)[:, :, None, None, :]
+    outs = []
+    for a in range(0, t, block):
+        e = min(a + block, t)
+        mask = (jnp.arange(e)[None, :] <= jnp.arange(a, e)[:, None])[None] & key_mask[:, None, :e]
+        if prefix is not None:
+            mask = jnp.concatenate([jnp.broadcast_to(prefix[2][:, None, :], (b, e - a, p)), mask], axis=2)
+        o = _attend(qh[:, :, :, a:e], kh[:, :, : p + e], vh[:, :, : p + e], mask, scale)
+        if block < t:
+            empty = ~jnp.any(mask, axis=-1)  # [B, e-a]
+            o = jnp.where(empty[:, None, None, :, None], uniform, o)
+        outs.append(o)
+    return _tokens_major(outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3))
 
 
 class LlamaAttention(nnx.Module):
@@ -70,21 +114,16 @@ class LlamaAttention(nnx.Module):
         self.scale = h**-0.5
         self.dtype = cfg.dtype
 
-    def __call__(self, x, cos, sin, mask, cache_kv=None, write_index=None):
+    def project(self, x, cos, sin):
+        """x `[B,T,D]` → q `[B,T,N,H]`, k, v `[B,T,K,H]` (RoPE applied to q and k)."""
         dt = as_dtype(self.dtype)
         q = jnp.einsum("BTD,DNH->BTNH", x, self.q_proj[...].astype(dt))
         k = jnp.einsum("BTD,DKH->BTKH", x, self.k_proj[...].astype(dt))
         v = jnp.einsum("BTD,DKH->BTKH", x, self.v_proj[...].astype(dt))
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache_kv is not None:
-            ck, cv = cache_kv
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_index, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_index, 0, 0))
-            k, v, new_kv = ck.astype(dt), cv.astype(dt), (ck, cv)
-        else:
-            new_kv = None
-        o = attention(q, k, v, mask, self.scale)
-        return jnp.einsum("BTNH,NHD->BTD", o, self.o_proj[...].astype(dt)), new_kv
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def output(self, o):
+        return jnp.einsum("BTNH,NHD->BTD", o, self.o_proj[...].astype(as_dtype(self.dtype)))
 
 
 class LlamaMLP(nnx.Module):
@@ -109,11 +148,13 @@ class LlamaDecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.param_dtype)
         self.mlp = LlamaMLP(cfg, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, cache_kv=None, write_index=None):
-        h, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_kv, write_index)
-        x = x + h
+    def __call__(self, x, cos, sin, attend):
+        """`attend(q, k, v) -> (o, aux)` decides which keys the new tokens see (see LlamaModel)."""
+        q, k, v = self.self_attn.project(self.input_layernorm(x), cos, sin)
+        o, aux = attend(q, k, v)
+        x = x + self.self_attn.output(o)
         x = x + self.mlp(self.post_attention_layernorm(x))
-        return shard(x, ("batch", "seq", "embed")), new_kv
+        return shard(x, ("batch", "seq", "embed")), aux
 
 
 def make_stack(make_one, num: int, rngs: nnx.Rngs):
@@ -149,14 +190,21 @@ class LlamaModel(nnx.Module):
         attention_mask: jax.Array | None = None,
         cache: KVCache | None = None,
         *,
+        prefix: KVCache | None = None,
+        return_kv: bool = False,
         collect_hidden: bool = False,
     ):
         """inputs_embeds `[B,T,D]`, positions `[B,T]` int (RoPE), attention_mask `[B,T]` (1 = visible key).
 
-        Without a cache: causal self-attention over the T inputs. With a cache: the T inputs are
-        written at slots `end_index … end_index+T-1` and attend causally to every valid slot.
-        Returns `(hidden [B,T,D] after the final norm, new cache or None, per-layer outputs
-        [L,B,T,D] or None)`.
+        Three ways to attend:
+          * default: causal self-attention over the T inputs (prefill, training, full recompute);
+            `return_kv=True` also returns their keys/values `[L,B,T,K,H]` (to build a cache);
+          * `cache=`: the inputs are written at slots `end_index …` (updated in place in the loop
+            carry) and attend to every valid slot (token-by-token decoding);
+          * `prefix=`: the inputs attend to a read-only cached prefix plus causally among themselves;
+            the prefix is not modified (the ODE steps of image generation).
+        Returns `(hidden [B,T,D] after the final norm, new cache | (k, v) | None, per-layer outputs
+        [L,B,T,D] | None)`.
         """
         cfg = self.cfg
         dt = as_dtype(cfg.dtype)
@@ -164,31 +212,45 @@ class LlamaModel(nnx.Module):
         x = shard(inputs_embeds.astype(dt), ("batch", "seq", "embed"))
         key_mask = jnp.ones((b, t), jnp.bool_) if attention_mask is None else attention_mask.astype(jnp.bool_)
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
-        q_idx = jnp.arange(t)
-        if cache is None:
-            mask = (q_idx[None, :] <= q_idx[:, None])[None] & key_mask[:, None, :]
-            start = None
-        else:
-            start = cache.end_index
-            slots = jnp.arange(cache.size)
-            slot_mask = jax.lax.dynamic_update_slice(cache.mask, key_mask, (0, start))
-            mask = (slots[None, :] <= (start + q_idx)[:, None])[None] & slot_mask[:, None, :]
-
+        scale = cfg.head_dim**-0.5
         graphdef, layer_state = nnx.split(self.layers)
+        layer_ids = jnp.arange(cfg.num_hidden_layers)
 
-        def body(x, xs):
-            state, kv = xs
-            layer = nnx.merge(graphdef, state)
-            x, new_kv = layer(x, cos, sin, mask, kv, start)
-            return x, (new_kv, x if collect_hidden else None)
-
-        body = maybe_remat(body, cfg.remat)
-        kv_in = None if cache is None else (cache.k, cache.v)
-        x, (kv_out, per_layer) = jax.lax.scan(body, x, (layer_state, kv_in))
-        new_cache = None
         if cache is not None:
-            new_cache = KVCache(k=kv_out[0], v=kv_out[1], mask=slot_mask, end_index=start + t)
-        return self.norm(x), new_cache, per_layer
+            start = cache.end_index
+            slot_mask = jax.lax.dynamic_update_slice(cache.mask, key_mask, (0, start))
+            mask = (jnp.arange(cache.size)[None, :] <= (start + jnp.arange(t))[:, None])[None] & slot_mask[:, None, :]
+
+            def body(carry, xs):
+                x, ck, cv = carry
+                state, i = xs
+
+                def attend(q, k, v):
+                    nk = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (i, 0, start, 0, 0))
+                    nv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (i, 0, start, 0, 0))
+                    return attention(q, nk[i].astype(dt), nv[i].astype(dt), mask, scale), (nk, nv)
+
+                x, (ck, cv) = nnx.merge(graphdef, state)(x, cos, sin, attend)
+                return (x, ck, cv), (x if collect_hidden else None)
+
+            (x, ck, cv), per_layer = jax.lax.scan(maybe_remat(body, cfg.remat), (x, cache.k, cache.v), (layer_state, layer_ids))
+            extra = KVCache(k=ck, v=cv, mask=slot_mask, end_index=start + t)
+        else:
+
+            def body(x, xs):
+                state, pre = xs
+
+                def attend(q, k, v):
+                    pfx = None if pre is None else (pre[0], pre[1], prefix.mask)
+                    o = causal_attention(q, k, v, key_mask, scale, cfg.attn_block, pfx)
+                    return o, ((k, v) if return_kv else None)
+
+                x, kv = nnx.merge(graphdef, state)(x, cos, sin, attend)
+                return x, (kv, x if collect_hidden else None)
+
+            pre = None if prefix is None else (prefix.k, prefix.v)
+            x, (extra, per_layer) = jax.lax.scan(maybe_remat(body, cfg.remat), x, (layer_state, pre))
+        return self.norm(x), extra, per_layer
 
 
 class LlamaForCausalLM(nnx.Module):

@@ -69,13 +69,13 @@ def guided(v: jax.Array, w: float) -> jax.Array:
     return w * v[:b] - (w - 1.0) * v[b:]
 
 
-def prefill_prompt(model: JanusFlow, batch: CfgBatch, num_image_tokens: int) -> KVCache:
-    """Run the prompt prefix once; its K/V do not depend on t or z (causality)."""
-    rows, plen = batch.tokens.shape
-    cache = KVCache.init(model.cfg.llm, rows, plen + 1 + num_image_tokens)
+def prefill_prompt(model: JanusFlow, batch: CfgBatch) -> KVCache:
+    """Run the prompt prefix once; its K/V do not depend on t or z (causality), so every ODE step
+    reads them as a read-only prefix."""
+    plen = batch.tokens.shape[1]
     embeds = model.language_model.embed(batch.tokens)
-    _, cache, _ = model.language_model.model(embeds, batch.positions[:, :plen], batch.mask, cache)
-    return cache
+    _, (k, v), _ = model.language_model.model(embeds, batch.positions[:, :plen], batch.mask, return_kv=True)
+    return KVCache.from_prefill(k, v, batch.mask)
 
 
 def velocity_fn(model: JanusFlow, batch: CfgBatch, cache: KVCache | None, cfg_weight: float):
@@ -124,7 +124,6 @@ def sample_latents(
     use_cache: bool = True,
 ) -> jax.Array:
     """The whole ODE from noise `z0` `[B,H,W,4]` to latents; the prompt is prefilled once."""
-    n = model.cfg.grid_for_latent(z0.shape[1])
-    cache = prefill_prompt(model, batch, n * n) if use_cache else None
+    cache = prefill_prompt(model, batch) if use_cache else None
     t_grid, dt = time_grid(num_steps, model.cfg.llm.dtype)
     return ode_solve(velocity_fn(model, batch, cache, cfg_weight), z0, t_grid, dt, solver)

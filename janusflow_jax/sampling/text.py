@@ -58,8 +58,8 @@ def prefill(model: JanusFlow, inputs_embeds: jax.Array, attention_mask: jax.Arra
     """Run the prompt into a fresh cache; returns (last-position logits [B,V], cache, next positions [B])."""
     b, t, _ = inputs_embeds.shape
     positions = positions_from_mask(attention_mask, (b, t))
-    cache = KVCache.init(model.cfg.llm, b, cache_size)
-    hidden, cache, _ = model.language_model.model(inputs_embeds, positions, attention_mask, cache)
+    hidden, (k, v), _ = model.language_model.model(inputs_embeds, positions, attention_mask, return_kv=True)
+    cache = KVCache.from_prefill(k, v, attention_mask, cache_size)
     logits = model.language_model.logits(hidden[:, -1:])[:, 0]
     return logits, cache, positions[:, -1] + 1
 
