@@ -111,6 +111,18 @@ def _generate_text(graphdef, params, ids, pixels, seq_mask, emb_mask, mask, key,
     return text_sampling.generate(m, embeds, mask, key, opts, temperature, top_p)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "vae_graphdef", "num_steps", "solver", "pad_id"))
+def _generate_images(graphdef, params, vae_graphdef, vae_params, ids, mask, neg_ids, neg_mask, z0, cfg_weight, num_steps, solver, pad_id):
+    """Everything in one program: CFG rows, prompt prefill, scanned ODE, VAE decode, uint8."""
+    m = nnx.merge(graphdef, params)
+    n = m.cfg.grid_for_latent(z0.shape[1]) ** 2
+    batch = image_sampling.cfg_batch(ids, mask, n, pad_id, neg_ids, neg_mask)
+    z = image_sampling.sample_latents(m, batch, z0.astype(m.dtype), num_steps=num_steps, cfg_weight=cfg_weight, solver=solver)
+    vae = nnx.merge(vae_graphdef, vae_params)
+    x = vae.decode(z.astype(jnp.dtype(vae.cfg.dtype)) / vae.cfg.scaling_factor).astype(jnp.float32)
+    return jnp.clip((x + 1.0) / 2.0 * 255.0, 0.0, 255.0).astype(jnp.uint8)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _vae_decode(graphdef, params, latents):
     vae = nnx.merge(graphdef, params)
@@ -289,7 +301,8 @@ class JanusFlowModel:
             pad_id=int(self.pad_id),
             greedy=float(temperature) <= 0.0,
         )
-        state = _generate_text(
+        state = self._run(
+            _generate_text,
             self.graphdef,
             self.params,
             ids,
@@ -303,6 +316,129 @@ class JanusFlowModel:
             opts=opts,
         )
         return (state.tokens, state.logits) if return_logits else state.tokens
+
+    # --- the high-level API ------------------------------------------------------------------
+
+    def _run(self, fn, *args, **static):
+        """Call jitted `fn`, compiling ahead of time once per input signature, and record the
+        seconds spent compiling and running in `self.timings` (for progress reports and benchmarks)."""
+        import time
+
+        sig = (fn.__name__, tuple(sorted(static.items())), str(jax.tree.map(lambda a: (np.shape(a), str(getattr(a, "dtype", type(a)))), args)))
+        cache = self.__dict__.setdefault("_compiled", {})
+        t0 = time.perf_counter()
+        if sig not in cache:
+            cache[sig] = fn.lower(*args, **static).compile()
+        t1 = time.perf_counter()
+        # the compiled program takes only the dynamic arguments (graph definitions are static)
+        out = jax.block_until_ready(cache[sig](*[a for a in args if not isinstance(a, nnx.GraphDef)]))
+        t2 = time.perf_counter()
+        timings = self.__dict__.setdefault("timings", {"compile_s": 0.0, "run_s": 0.0})
+        timings["compile_s"] += t1 - t0
+        timings["run_s"] += t2 - t1
+        return out
+
+    @functools.cached_property
+    def processor(self):
+        from janusflow_jax.processing import Processor
+
+        if self.processor_dir is None:
+            raise LoadError("this model has no tokenizer/processor files (load it from a folder that has them)")
+        return Processor.from_pretrained(self.processor_dir)
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        side = self.cfg.latent_size(self.vae_cfg)
+        return (side, side, self.vae_cfg.latent_channels)
+
+    def check_generation_length(self, prompt_len: int) -> None:
+        n = self.cfg.num_gen_tokens(self.vae_cfg)
+        if prompt_len + n > self.cfg.llm.max_position_embeddings:
+            raise ValueError(
+                f"prompt of {prompt_len} tokens + {n} image tokens exceeds the context of "
+                f"{self.cfg.llm.max_position_embeddings} positions"
+            )
+
+    def generate_images(
+        self,
+        prompts: list[str],
+        *,
+        num_steps: int = 30,
+        cfg_weight: float = 2.0,
+        seed: int = 0,
+        solver: str = "euler",
+        negative_prompt: str | None = None,
+        batch_size: int | None = None,
+        bucket: int = 32,
+    ) -> np.ndarray:
+        """uint8 images `[N, H, W, 3]` in prompt order. Image i's noise is `normal(fold_in(key(seed), i))`,
+        so it does not depend on the batch it is drawn in. Prompt lengths are padded up to a
+        multiple of `bucket` (exact: left padding is masked), so new lengths rarely recompile."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            return np.zeros((0, self.cfg.gen_image_size, self.cfg.gen_image_size, 3), np.uint8)
+        if int(num_steps) <= 0:
+            raise ValueError(f"num_steps must be positive, got {num_steps}")
+        if solver not in ("euler", "heun"):
+            raise ValueError(f"unknown solver {solver!r} (euler or heun)")
+        proc = self.processor
+        rows = [proc.encode(proc.generation_prompt(p)) for p in prompts]
+        neg = proc.encode(proc.generation_prompt(negative_prompt)) if negative_prompt is not None else None
+        length = max(len(r) for r in rows + ([neg] if neg else []))
+        self.check_generation_length(length)
+        length = min(-(-length // bucket) * bucket, self.cfg.llm.max_position_embeddings - self.cfg.num_gen_tokens(self.vae_cfg))
+        key = jax.random.key(seed)
+        lat = self.latent_shape()
+        z_all = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, i), lat, jnp.float32)) for i in range(len(prompts))])
+        bs = batch_size or len(prompts)
+        out = []
+        for a in range(0, len(prompts), bs):
+            ids, mask = proc.left_pad(rows[a : a + bs], length)
+            if neg is not None:
+                nid, nmask = proc.left_pad([neg] * len(ids), length)
+            else:
+                nid = nmask = None
+            out.append(
+                self._run(
+                    _generate_images,
+                    self.graphdef, self.params, self.vae_graphdef, self.vae_params,
+                    ids, mask, nid, nmask, jnp.asarray(z_all[a : a + bs]), jnp.float32(cfg_weight),
+                    num_steps=int(num_steps), solver=solver, pad_id=int(self.pad_id),
+                )
+            )
+        return np.concatenate([np.asarray(o) for o in out])
+
+    def answer(
+        self,
+        images: list,
+        questions: list[str],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        bucket: int = 64,
+    ) -> list[str]:
+        """Answers (special tokens stripped), one per (image, question or conversation) pair."""
+        proc = self.processor
+        inputs = proc.encode_understanding(list(images), list(questions))
+        t = inputs["input_ids"].shape[1]
+        length = -(-t // bucket) * bucket
+        if t + max_new_tokens > self.cfg.llm.max_position_embeddings:
+            raise ValueError(
+                f"prompt of {t} tokens + {max_new_tokens} new tokens exceeds the context of "
+                f"{self.cfg.llm.max_position_embeddings} positions"
+            )
+        length = min(length, self.cfg.llm.max_position_embeddings - max_new_tokens)
+        pad = length - t
+        ids = np.pad(inputs["input_ids"], ((0, 0), (pad, 0)), constant_values=proc.pad_id)
+        mask = np.pad(inputs["attention_mask"], ((0, 0), (pad, 0)))
+        seq = np.pad(inputs["images_seq_mask"], ((0, 0), (pad, 0)))
+        tokens = self.generate_text(
+            ids, inputs["pixel_values"], seq, inputs["images_emb_mask"], attention_mask=mask,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+        )
+        return [proc.decode(row) for row in np.asarray(tokens)]
 
     def vae_decode(self, latents) -> jax.Array:
         """Scaled latents `[B,h,w,C]` → images `[B,H,W,3]` in about [-1, 1] (divides by scaling_factor)."""

@@ -2,6 +2,7 @@
 left-padded batches = rows alone, Heun beats Euler at equal evaluations on a smooth field."""
 
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 
@@ -90,3 +91,27 @@ def test_time_grid_matches_the_official_rounding(npz):
     np.testing.assert_array_equal(t, npz("sampling_bf16")["t"])
     np.testing.assert_array_equal(dt, npz("sampling_bf16")["dt"][0])
     assert jax.numpy.asarray(t).dtype == jnp.float32
+
+
+def test_generate_images_api(tiny_model):
+    a = tiny_model.generate_images(["a red cube", "a blue floor under a red cube"], num_steps=2, seed=3)
+    assert a.shape == (2, 64, 64, 3) and a.dtype == np.uint8
+    b = tiny_model.generate_images(["a red cube", "a blue floor under a red cube"], num_steps=2, seed=3, batch_size=1)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # uint8 truncation of float noise only
+    c = tiny_model.generate_images(["a red cube"], num_steps=2, seed=4)
+    assert np.abs(a[0].astype(int) - c[0].astype(int)).max() > 10  # another seed, another image
+    neg = tiny_model.generate_images(["a red cube"], num_steps=2, seed=3, negative_prompt="blurry")
+    assert np.abs(a[0].astype(int) - neg[0].astype(int)).max() > 10
+    with pytest.raises(ValueError, match="exceeds the context"):
+        tiny_model.generate_images(["word " * 1100], num_steps=1)
+
+
+def test_answer_api_matches_official_greedy_tokens(tiny_model, npz):
+    d = npz("understanding")
+    import json
+
+    from conftest import TINY_DIR
+
+    questions = json.loads((TINY_DIR / "manifest.json").read_text())["spec"]["und_questions"]
+    answers = tiny_model.answer([d["image_0"], d["image_1"]], questions, max_new_tokens=8)
+    assert answers == [tiny_model.processor.decode(r) for r in d["generated_ids"]]

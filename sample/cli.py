@@ -1,0 +1,170 @@
+"""janusflow-sample: draw images from prompts, answer questions about an image, or chat about it.
+
+    janusflow-sample generate --checkpoint DIR --prompt "..." [--prompt ...] [--prompts-file F]
+                              [--num-images N] [--steps 30] [--cfg 2.0] [--seed 0] [--solver euler|heun]
+                              [--negative-prompt "..."] [--out samples/]
+    janusflow-sample understand --checkpoint DIR --image FILE --question "..." [--max-new-tokens 64]
+    janusflow-sample chat --checkpoint DIR --image FILE        (questions from standard input)
+
+`--checkpoint` takes a janusflow-convert Orbax checkpoint or an official HF-format folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+class CliError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="janusflow-sample", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="mode", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--checkpoint", required=True, help="Orbax checkpoint or official HF-format folder")
+    common.add_argument("--vae", default=None, help="diffusers VAE folder (HF folders only; default CHECKPOINT/vae)")
+    common.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    common.add_argument("--compile-cache", default=None, metavar="DIR", help="persistent XLA compilation cache")
+    g = sub.add_parser("generate", parents=[common], help="text to image")
+    g.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    g.add_argument("--prompts-file", default=None, help="one prompt per line")
+    g.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    g.add_argument("--steps", type=int, default=30)
+    g.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance weight")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--solver", choices=("euler", "heun"), default="euler")
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--out", default="samples")
+    for name in ("understand", "chat"):
+        u = sub.add_parser(name, parents=[common], help="answer questions about an image")
+        u.add_argument("--image", required=True)
+        if name == "understand":
+            u.add_argument("--question", required=True)
+        u.add_argument("--max-new-tokens", type=int, default=64)
+        u.add_argument("--temperature", type=float, default=0.0)
+        u.add_argument("--top-p", type=float, default=1.0)
+    return p
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _load(args):
+    import janusflow_jax
+
+    if args.compile_cache:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if not os.path.exists(args.checkpoint):
+        raise CliError(f"checkpoint {args.checkpoint} not found")
+    t = time.perf_counter()
+    model = janusflow_jax.load(args.checkpoint, vae_path=args.vae, dtype=args.dtype)
+    _log(f"loaded {args.checkpoint} ({args.dtype}) in {time.perf_counter() - t:.1f}s")
+    return model
+
+
+def _read_image(path: str):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as e:
+        raise CliError(f"cannot read image {path}: {e}") from None
+
+
+def _report(model, what: str) -> None:
+    t = getattr(model, "timings", None) or {}
+    _log(f"{what}: compile {t.get('compile_s', 0):.1f}s, run {t.get('run_s', 0):.2f}s")
+    model.timings = {"compile_s": 0.0, "run_s": 0.0}
+
+
+def generate(args) -> None:
+    import numpy as np
+    from PIL import Image
+
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        try:
+            with open(args.prompts_file, encoding="utf-8") as f:
+                prompts += [line.strip() for line in f if line.strip()]
+        except OSError as e:
+            raise CliError(f"cannot read {args.prompts_file}: {e.strerror}") from None
+    if not prompts:
+        raise CliError("no prompt given (--prompt or --prompts-file)")
+    if args.steps <= 0 or args.num_images <= 0:
+        raise CliError("--steps and --num-images must be positive")
+    model = _load(args)
+    expanded = [p for p in prompts for _ in range(args.num_images)]
+    _log(f"sampling {len(expanded)} image(s), {args.steps} {args.solver} steps, cfg {args.cfg} (first call compiles)")
+    images = model.generate_images(
+        expanded, num_steps=args.steps, cfg_weight=args.cfg, seed=args.seed, solver=args.solver,
+        negative_prompt=args.negative_prompt, batch_size=args.batch_size,
+    )
+    _report(model, f"generated {len(images)} image(s)")
+    os.makedirs(args.out, exist_ok=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(os.path.join(args.out, f"{i:04d}.png"))
+    cols = min(len(images), args.num_images if len(prompts) > 1 else 8)
+    rows = -(-len(images) // cols)
+    h, w = images.shape[1:3]
+    grid = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = img
+    Image.fromarray(grid).save(os.path.join(args.out, "grid.png"))
+    print(f"wrote {len(images)} image(s) and grid.png to {args.out}")
+
+
+def understand(args) -> None:
+    image = _read_image(args.image)
+    model = _load(args)
+    answer = model.answer([image], [args.question], max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)[0]
+    _report(model, "answered")
+    print(answer)
+
+
+def chat(args) -> None:
+    image = _read_image(args.image)
+    model = _load(args)
+    proc = model.processor
+    history: list[dict] = []
+    _log("chat: type a question per line; an empty line or end of input ends the conversation")
+    for line in sys.stdin:
+        question = line.strip()
+        if not question:
+            break
+        content = f"{proc.image_tag}\n{question}" if not history else question
+        history += [{"role": proc.roles[0], "content": content}, {"role": proc.roles[1], "content": ""}]
+        answer = model.answer([image], [history], max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)[0]
+        history[-1]["content"] = answer
+        print(answer, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from janusflow_jax.config import ConfigError
+    from janusflow_jax.model import LoadError
+    from janusflow_jax.processing import ProcessorError
+    from janusflow_jax.safetensors_io import WeightFileError
+    from janusflow_jax.weights import ConversionError
+
+    try:
+        {"generate": generate, "understand": understand, "chat": chat}[args.mode](args)
+    except (CliError, ValueError, ConfigError, LoadError, ProcessorError, WeightFileError, ConversionError, OSError) as e:
+        print(f"janusflow-sample: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
