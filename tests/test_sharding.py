@@ -59,3 +59,15 @@ def test_sharded_equals_single_device(sharded, tiny_model, npz):
     zb = sharded.sample_latents(s["prompt_ids"], z0, num_steps=3, cfg_weight=2.0)
     assert rel_err(zb, za) < 1e-5
     assert rel_err(sharded.vae_decode(zb), tiny_model.vae_decode(za)) < 1e-5
+
+
+def test_sharded_decoding_and_images(sharded, tiny_model, npz):
+    d = npz("understanding")
+    args = (d["input_ids"], nchw_to_nhwc(d["pixel_values"]), d["images_seq_mask"], d["images_emb_mask"])
+    a = tiny_model.generate_text(*args, attention_mask=d["attention_mask"], max_new_tokens=8)
+    b = sharded.generate_text(*args, attention_mask=d["attention_mask"], max_new_tokens=8)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(b), d["generated_ids"])
+    ia = tiny_model.generate_images(["a red cube", "a blue floor", "x", "y"], num_steps=2)
+    ib = sharded.generate_images(["a red cube", "a blue floor", "x", "y"], num_steps=2)
+    assert np.abs(ia.astype(int) - ib.astype(int)).max() <= 1

@@ -15,6 +15,7 @@ from janusflow_jax.nn.kv_cache import KVCache
 from janusflow_jax.nn.layers import RMSNorm, as_dtype, fan_in_init, normal_init, param
 from janusflow_jax.sharding import shard
 
+UNROLL = 1
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -63,6 +64,22 @@ def _attend(qh, kh, vh, mask, scale):
     return jnp.einsum("BKGTS,BKSH->BKGTH", p, vh)
 
 
+def _attend_prefix(qh, pk, pv, pmask, kh, vh, mask, scale):
+    """Softmax attention over two key blocks without concatenating them: a cached prefix
+    (pk/pv `[B,S,K,H]` token-major, as stored in the cache; pmask `[B,S]`) and the new keys
+    (kh/vh `[B,K,T',H]`, mask `[B,T,T']`). Equal to attending over the concatenation."""
+    s1 = jnp.einsum("BKGTH,BSKH->BKGTS", qh, pk.astype(qh.dtype), preferred_element_type=jnp.float32) * scale
+    s2 = jnp.einsum("BKGTH,BKSH->BKGTS", qh, kh, preferred_element_type=jnp.float32) * scale
+    lo = jnp.finfo(jnp.float32).min
+    s1 = jnp.where(pmask[:, None, None, None, :], s1, lo)
+    s2 = jnp.where(mask[:, None, None, :, :], s2, lo)
+    mx = jnp.maximum(jnp.max(s1, axis=-1, keepdims=True), jnp.max(s2, axis=-1, keepdims=True))
+    p1, p2 = jnp.exp(s1 - mx), jnp.exp(s2 - mx)
+    denom = jnp.sum(p1, axis=-1, keepdims=True) + jnp.sum(p2, axis=-1, keepdims=True)
+    o = jnp.einsum("BKGTS,BSKH->BKGTH", (p1 / denom).astype(vh.dtype), pv.astype(vh.dtype))
+    return o + jnp.einsum("BKGTS,BKSH->BKGTH", (p2 / denom).astype(vh.dtype), vh)
+
+
 def _tokens_major(o):
     b, kh, g, t, h = o.shape
     return o.transpose(0, 3, 1, 2, 4).reshape(b, t, kh * g, h)
@@ -82,23 +99,26 @@ def causal_attention(q, k, v, key_mask, scale: float, block: int, prefix=None) -
     """
     b, t = q.shape[:2]
     block = block if 0 < block < t else t
-    p = 0 if prefix is None else prefix[0].shape[1]
-    if prefix is not None:
-        k = jnp.concatenate([prefix[0].astype(k.dtype), k], axis=1)
-        v = jnp.concatenate([prefix[1].astype(v.dtype), v], axis=1)
     qh, kh, vh = _heads_major(q, k, v)
     # A query that sees no key at all (a left-pad position) attends uniformly to every key in the
-    # unblocked form; keep exactly that behaviour under blocking.
-    uniform = jnp.mean(vh.astype(jnp.float32), axis=2).astype(vh.dtype)[:, :, None, None, :]
+    # unblocked form (see `_attend`); keep exactly that behaviour under blocking.
+    total = jnp.sum(vh.astype(jnp.float32), axis=2)
+    count = t
+    if prefix is not None:
+        pk, pv, pm = prefix
+        total, count = total + jnp.sum(pv.astype(jnp.float32), axis=1), count + pk.shape[1]
+    uniform = (total / count).astype(vh.dtype)[:, :, None, None, :]
     outs = []
     for a in range(0, t, block):
         e = min(a + block, t)
         mask = (jnp.arange(e)[None, :] <= jnp.arange(a, e)[:, None])[None] & key_mask[:, None, :e]
-        if prefix is not None:
-            mask = jnp.concatenate([jnp.broadcast_to(prefix[2][:, None, :], (b, e - a, p)), mask], axis=2)
-        o = _attend(qh[:, :, :, a:e], kh[:, :, : p + e], vh[:, :, : p + e], mask, scale)
+        if prefix is None:
+            o = _attend(qh[:, :, :, a:e], kh[:, :, :e], vh[:, :, :e], mask, scale)
+            empty = ~jnp.any(mask, axis=-1)
+        else:
+            o = _attend_prefix(qh[:, :, :, a:e], pk, pv, pm, kh[:, :, :e], vh[:, :, :e], mask, scale)
+            empty = ~(jnp.any(mask, axis=-1) | jnp.any(pm, axis=-1, keepdims=True))
         if block < t:
-            empty = ~jnp.any(mask, axis=-1)  # [B, e-a]
             o = jnp.where(empty[:, None, None, :, None], uniform, o)
         outs.append(o)
     return _tokens_major(outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3))
@@ -199,8 +219,8 @@ class LlamaModel(nnx.Module):
         Three ways to attend:
           * default: causal self-attention over the T inputs (prefill, training, full recompute);
             `return_kv=True` also returns their keys/values `[L,B,T,K,H]` (to build a cache);
-          * `cache=`: the inputs are written at slots `end_index …` (updated in place in the loop
-            carry) and attend to every valid slot (token-by-token decoding);
+          * `cache=`: the inputs attend to every valid cache slot and causally among themselves, and
+            their K/V are then written at slots `end_index …` (token-by-token decoding);
           * `prefix=`: the inputs attend to a read-only cached prefix plus causally among themselves;
             the prefix is not modified (the ODE steps of image generation).
         Returns `(hidden [B,T,D] after the final norm, new cache | (k, v) | None, per-layer outputs
@@ -214,42 +234,32 @@ class LlamaModel(nnx.Module):
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
         scale = cfg.head_dim**-0.5
         graphdef, layer_state = nnx.split(self.layers)
-        layer_ids = jnp.arange(cfg.num_hidden_layers)
 
+        if cache is not None:  # decoding: the cache is a read-only prefix, then the new K/V are written once
+            prefix, return_kv = cache, True
+
+        def body(x, xs):
+            state, pre = xs
+
+            def attend(q, k, v):
+                pfx = None if pre is None else (pre[0], pre[1], prefix.mask)
+                o = causal_attention(q, k, v, key_mask, scale, cfg.attn_block, pfx)
+                return o, ((k, v) if return_kv else None)
+
+            x, kv = nnx.merge(graphdef, state)(x, cos, sin, attend)
+            return x, (kv, x if collect_hidden else None)
+
+        pre = None if prefix is None else (prefix.k, prefix.v)
+        x, (extra, per_layer) = jax.lax.scan(maybe_remat(body, cfg.remat), x, (layer_state, pre), unroll=UNROLL)
         if cache is not None:
-            start = cache.end_index
-            slot_mask = jax.lax.dynamic_update_slice(cache.mask, key_mask, (0, start))
-            mask = (jnp.arange(cache.size)[None, :] <= (start + jnp.arange(t))[:, None])[None] & slot_mask[:, None, :]
-
-            def body(carry, xs):
-                x, ck, cv = carry
-                state, i = xs
-
-                def attend(q, k, v):
-                    nk = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (i, 0, start, 0, 0))
-                    nv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (i, 0, start, 0, 0))
-                    return attention(q, nk[i].astype(dt), nv[i].astype(dt), mask, scale), (nk, nv)
-
-                x, (ck, cv) = nnx.merge(graphdef, state)(x, cos, sin, attend)
-                return (x, ck, cv), (x if collect_hidden else None)
-
-            (x, ck, cv), per_layer = jax.lax.scan(maybe_remat(body, cfg.remat), (x, cache.k, cache.v), (layer_state, layer_ids))
-            extra = KVCache(k=ck, v=cv, mask=slot_mask, end_index=start + t)
-        else:
-
-            def body(x, xs):
-                state, pre = xs
-
-                def attend(q, k, v):
-                    pfx = None if pre is None else (pre[0], pre[1], prefix.mask)
-                    o = causal_attention(q, k, v, key_mask, scale, cfg.attn_block, pfx)
-                    return o, ((k, v) if return_kv else None)
-
-                x, kv = nnx.merge(graphdef, state)(x, cos, sin, attend)
-                return x, (kv, x if collect_hidden else None)
-
-            pre = None if prefix is None else (prefix.k, prefix.v)
-            x, (extra, per_layer) = jax.lax.scan(maybe_remat(body, cfg.remat), x, (layer_state, pre))
+            k_new, v_new = extra
+            at = (0, 0, cache.end_index, 0, 0)
+            extra = KVCache(
+                k=jax.lax.dynamic_update_slice(cache.k, k_new.astype(cache.k.dtype), at),
+                v=jax.lax.dynamic_update_slice(cache.v, v_new.astype(cache.v.dtype), at),
+                mask=jax.lax.dynamic_update_slice(cache.mask, key_mask, (0, cache.end_index)),
+                end_index=cache.end_index + t,
+            )
         return self.norm(x), extra, per_layer
 
 
