@@ -8,7 +8,7 @@ import numpy as np
 
 from janusflow_jax import checkpoint
 from janusflow_jax.config import ConfigError
-from janusflow_jax.model import LoadError, _find_weights, read_hf_folder
+from janusflow_jax.model import LoadError, find_weights, read_hf_folder
 from janusflow_jax.safetensors_io import WeightFileError
 from janusflow_jax.weights import ConversionError
 
@@ -25,7 +25,7 @@ def convert(model_dir: str, out_dir: str, *, vae_dir: str | None = None, dtype: 
     cfg, vae_cfg, jf, vae = read_hf_folder(model_dir, vae_dir, dtype=dtype, progress=progress)
     sources = {}
     for folder, stem in ((model_dir, "model"), (vae_dir, "diffusion_pytorch_model")):
-        path = _find_weights(folder, stem)
+        path = find_weights(folder, stem)
         sources[os.path.abspath(path)] = checkpoint.sha256_file(path)
     for name in ("config.json",):
         for folder in (model_dir, vae_dir):

@@ -212,18 +212,20 @@ class JanusFlowModel:
         mask = jnp.ones(ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
         return _llm_logits(self.graphdef, self.params, ids, mask)
 
-    def understanding_logits(self, input_ids, pixel_values, images_seq_mask, images_emb_mask, attention_mask=None):
+    def _und_inputs(self, input_ids, pixel_values, images_seq_mask, images_emb_mask, attention_mask):
         ids = jnp.asarray(input_ids, jnp.int32)
         mask = jnp.ones(ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
-        return _understanding_logits(
-            self.graphdef,
-            self.params,
+        return (
             ids,
             jnp.asarray(pixel_values, self.dtype),
             jnp.asarray(images_seq_mask, jnp.bool_),
             jnp.asarray(images_emb_mask, jnp.bool_),
             mask,
         )
+
+    def understanding_logits(self, input_ids, pixel_values, images_seq_mask, images_emb_mask, attention_mask=None):
+        inputs = self._und_inputs(input_ids, pixel_values, images_seq_mask, images_emb_mask, attention_mask)
+        return _understanding_logits(self.graphdef, self.params, *inputs)
 
     def gen_encode(self, z, t):
         z = jnp.asarray(z, self.dtype)
@@ -288,13 +290,13 @@ class JanusFlowModel:
         With `return_logits=True` also returns the float32 logits each token was chosen from."""
         if int(max_new_tokens) <= 0:
             raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-        ids = jnp.asarray(input_ids, jnp.int32)
+        inputs = self._und_inputs(input_ids, pixel_values, images_seq_mask, images_emb_mask, attention_mask)
+        ids = inputs[0]
         if ids.shape[1] + int(max_new_tokens) > self.cfg.llm.max_position_embeddings:
             raise ValueError(
                 f"prompt of {ids.shape[1]} tokens + {max_new_tokens} new tokens exceeds the context "
                 f"({self.cfg.llm.max_position_embeddings})"
             )
-        mask = jnp.ones(ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
         opts = text_sampling.DecodeOptions(
             max_new_tokens=int(max_new_tokens),
             eos_id=-1 if self.eos_id is None else int(self.eos_id),
@@ -305,11 +307,7 @@ class JanusFlowModel:
             _generate_text,
             self.graphdef,
             self.params,
-            ids,
-            jnp.asarray(pixel_values, self.dtype),
-            jnp.asarray(images_seq_mask, jnp.bool_),
-            jnp.asarray(images_emb_mask, jnp.bool_),
-            mask,
+            *inputs,
             jax.random.key(seed),
             jnp.float32(temperature),
             jnp.float32(top_p),
@@ -454,7 +452,7 @@ class JanusFlowModel:
 # --- loading -----------------------------------------------------------------------------------
 
 
-def _find_weights(model_dir: str, stem: str) -> str:
+def find_weights(model_dir: str, stem: str) -> str:
     st = os.path.join(model_dir, f"{stem}.safetensors")
     if os.path.isfile(st):
         return st
@@ -477,14 +475,14 @@ def read_hf_folder(model_dir: str, vae_dir: str, *, dtype: str = "float32", prog
     vae_cfg = dataclasses.replace(config_lib.load_vae_config(vae_dir), dtype=dtype, param_dtype=dtype)
     jf_abs, vae_abs = abstract_modules(cfg, vae_cfg)
     jf = weights.load_safetensors_params(
-        _find_weights(model_dir, "model"),
+        find_weights(model_dir, "model"),
         weights.param_targets(jf_abs),
         weights.JANUSFLOW_RULES,
         weights.JANUSFLOW_IGNORED,
         progress=progress,
     )
     vae = weights.load_safetensors_params(
-        _find_weights(vae_dir, "diffusion_pytorch_model"),
+        find_weights(vae_dir, "diffusion_pytorch_model"),
         weights.param_targets(vae_abs),
         weights.VAE_RULES,
         weights.VAE_IGNORED,
