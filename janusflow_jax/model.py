@@ -111,13 +111,15 @@ def _generate_text(graphdef, params, ids, pixels, seq_mask, emb_mask, mask, key,
     return text_sampling.generate(m, embeds, mask, key, opts, temperature, top_p)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "vae_graphdef", "num_steps", "solver", "pad_id"))
-def _generate_images(graphdef, params, vae_graphdef, vae_params, ids, mask, neg_ids, neg_mask, z0, cfg_weight, num_steps, solver, pad_id):
+@functools.partial(jax.jit, static_argnames=("graphdef", "vae_graphdef", "num_steps", "solver", "pad_id", "progress"))
+def _generate_images(graphdef, params, vae_graphdef, vae_params, ids, mask, neg_ids, neg_mask, z0, cfg_weight, num_steps, solver, pad_id, progress):
     """Everything in one program: CFG rows, prompt prefill, scanned ODE, VAE decode, uint8."""
     m = nnx.merge(graphdef, params)
     n = m.cfg.grid_for_latent(z0.shape[1]) ** 2
     batch = image_sampling.cfg_batch(ids, mask, n, pad_id, neg_ids, neg_mask)
-    z = image_sampling.sample_latents(m, batch, z0.astype(m.dtype), num_steps=num_steps, cfg_weight=cfg_weight, solver=solver)
+    z = image_sampling.sample_latents(
+        m, batch, z0.astype(m.dtype), num_steps=num_steps, cfg_weight=cfg_weight, solver=solver, progress=progress
+    )
     vae = nnx.merge(vae_graphdef, vae_params)
     x = vae.decode(z.astype(jnp.dtype(vae.cfg.dtype)) / vae.cfg.scaling_factor).astype(jnp.float32)
     return jnp.clip((x + 1.0) / 2.0 * 255.0, 0.0, 255.0).astype(jnp.uint8)
@@ -367,6 +369,7 @@ class JanusFlowModel:
         negative_prompt: str | None = None,
         batch_size: int | None = None,
         bucket: int = 32,
+        progress: bool = False,
     ) -> np.ndarray:
         """uint8 images `[N, H, W, 3]` in prompt order. Image i's noise is `normal(fold_in(key(seed), i))`,
         so it does not depend on the batch it is drawn in. Prompt lengths are padded up to a
@@ -401,7 +404,7 @@ class JanusFlowModel:
                     _generate_images,
                     self.graphdef, self.params, self.vae_graphdef, self.vae_params,
                     ids, mask, nid, nmask, jnp.asarray(z_all[a : a + bs]), jnp.float32(cfg_weight),
-                    num_steps=int(num_steps), solver=solver, pad_id=int(self.pad_id),
+                    num_steps=int(num_steps), solver=solver, pad_id=int(self.pad_id), progress=bool(progress),
                 )
             )
         return np.concatenate([np.asarray(o) for o in out])

@@ -108,7 +108,7 @@ def generate(args) -> None:
     _log(f"sampling {len(expanded)} image(s), {args.steps} {args.solver} steps, cfg {args.cfg} (first call compiles)")
     images = model.generate_images(
         expanded, num_steps=args.steps, cfg_weight=args.cfg, seed=args.seed, solver=args.solver,
-        negative_prompt=args.negative_prompt, batch_size=args.batch_size,
+        negative_prompt=args.negative_prompt, batch_size=args.batch_size, progress=True,
     )
     _report(model, f"generated {len(images)} image(s)")
     os.makedirs(args.out, exist_ok=True)

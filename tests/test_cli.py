@@ -54,7 +54,7 @@ def test_generate_writes_pngs_in_prompt_order(folder, tmp_path, capsys):
     out = tmp_path / "imgs"
     code, stdout, err = _run(["generate", "--checkpoint", folder, "--prompt", "a red cube", "--prompt", "a blue floor", "--num-images", "2", "--steps", "2", "--out", out, "--compile-cache", tmp_path / "xla"], capsys)
     assert code == 0, err
-    assert "compile" in err and "run" in err and str(out) in stdout
+    assert "compile" in err and "run" in err and "step 2/2" in err and str(out) in stdout
     files = sorted(p.name for p in out.iterdir())
     assert files == ["0000.png", "0001.png", "0002.png", "0003.png", "grid.png"]
     first = np.asarray(Image.open(out / "0000.png"))

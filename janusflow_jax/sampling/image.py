@@ -91,9 +91,19 @@ def velocity_fn(model: JanusFlow, batch: CfgBatch, cache: KVCache | None, cfg_we
     return v
 
 
-def ode_solve(v, z0: jax.Array, t_grid: np.ndarray, dt: np.ndarray, solver: str = "euler") -> jax.Array:
-    """Integrate dz/dt = v(z, t·1000) over the static grid with `jax.lax.scan` (carry: z only)."""
+def print_step(step, total) -> None:
+    """Host-side progress line for `ode_solve(progress=True)` (runs through `jax.debug.callback`)."""
+    import sys
+
+    step, total = int(step) + 1, int(total)
+    print(f"\r  step {step}/{total}", end="\n" if step == total else "", file=sys.stderr, flush=True)
+
+
+def ode_solve(v, z0: jax.Array, t_grid: np.ndarray, dt: np.ndarray, solver: str = "euler", progress: bool = False) -> jax.Array:
+    """Integrate dz/dt = v(z, t·1000) over the static grid with `jax.lax.scan` (carry: z only).
+    `progress=True` prints each finished step from inside the compiled loop."""
     dt = jnp.asarray(dt, jnp.float32)
+    n = len(t_grid)
 
     if solver == "euler":
 
@@ -109,7 +119,14 @@ def ode_solve(v, z0: jax.Array, t_grid: np.ndarray, dt: np.ndarray, solver: str 
 
     else:
         raise ValueError(f"unknown solver {solver!r} (euler or heun)")
-    z, _ = jax.lax.scan(step, z0, jnp.asarray(t_grid, jnp.float32))
+    def step_with_progress(z, xs):
+        t, i = xs
+        z, _ = step(z, t)
+        if progress:
+            jax.debug.callback(print_step, i, n)
+        return z, None
+
+    z, _ = jax.lax.scan(step_with_progress, z0, (jnp.asarray(t_grid, jnp.float32), jnp.arange(n)))
     return z
 
 
@@ -122,8 +139,9 @@ def sample_latents(
     cfg_weight: float,
     solver: str = "euler",
     use_cache: bool = True,
+    progress: bool = False,
 ) -> jax.Array:
     """The whole ODE from noise `z0` `[B,H,W,4]` to latents; the prompt is prefilled once."""
     cache = prefill_prompt(model, batch) if use_cache else None
     t_grid, dt = time_grid(num_steps, model.cfg.llm.dtype)
-    return ode_solve(velocity_fn(model, batch, cache, cfg_weight), z0, t_grid, dt, solver)
+    return ode_solve(velocity_fn(model, batch, cache, cfg_weight), z0, t_grid, dt, solver, progress)
