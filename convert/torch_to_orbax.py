@@ -9,7 +9,6 @@ declarative table in janusflow_jax.weights. OUT_DIR appears only when complete.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -17,7 +16,9 @@ import time
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="janusflow-convert", description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir", help="official JanusFlow folder (config.json + model.safetensors)")
-    p.add_argument("--vae", dest="vae_dir", default=None, help="diffusers AutoencoderKL folder (default: MODEL_DIR/vae)")
+    p.add_argument(
+        "--vae", dest="vae_dir", default=None, help="diffusers AutoencoderKL folder (default: MODEL_DIR/vae)"
+    )
     p.add_argument("--out", dest="out_dir", required=True, help="output checkpoint folder (must not exist)")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="stored parameter dtype")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
@@ -34,10 +35,22 @@ def main(argv: list[str] | None = None) -> int:
     def progress(key: str) -> None:
         count[0] += 1
         if count[0] % 25 == 0 or count[0] == 1:
-            print(f"\r  converted {count[0]} tensors ({time.time() - t0:.1f}s) {key[:60]:<60}", end="", file=sys.stderr, flush=True)
+            print(
+                f"\r  converted {count[0]} tensors ({time.time() - t0:.1f}s) {key[:60]:<60}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
 
     try:
-        out = convert(args.model_dir, args.out_dir, vae_dir=args.vae_dir, dtype=args.dtype, overwrite=args.overwrite, progress=progress)
+        out = convert(
+            args.model_dir,
+            args.out_dir,
+            vae_dir=args.vae_dir,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
     except ConvertError as e:
         print(file=sys.stderr)
         print(f"janusflow-convert: error: {e}", file=sys.stderr)

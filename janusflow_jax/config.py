@@ -519,7 +519,9 @@ def from_official_json(d: dict[str, Any], *, gen_image_size: int | None = None) 
         _unknown(hd, frozenset(want), "config.json hardcoded_dims")
         for key, val in hd.items():
             if val != want[key]:
-                raise ConfigError(f"config.json hardcoded_dims.{key}={val} disagrees with the network widths ({want[key]})")
+                raise ConfigError(
+                    f"config.json hardcoded_dims.{key}={val} disagrees with the network widths ({want[key]})"
+                )
     return cfg
 
 

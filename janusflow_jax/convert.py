@@ -17,7 +17,15 @@ CONVERTER_VERSION = "1"
 ConvertError = (ConfigError, WeightFileError, ConversionError, checkpoint.CheckpointError, LoadError, OSError)
 
 
-def convert(model_dir: str, out_dir: str, *, vae_dir: str | None = None, dtype: str = "bfloat16", overwrite: bool = False, progress=None) -> str:
+def convert(
+    model_dir: str,
+    out_dir: str,
+    *,
+    vae_dir: str | None = None,
+    dtype: str = "bfloat16",
+    overwrite: bool = False,
+    progress=None,
+) -> str:
     """Convert and write atomically; returns `out_dir`. Raises one of `ConvertError` on bad input."""
     vae_dir = vae_dir or os.path.join(model_dir, "vae")
     if os.path.exists(out_dir) and not overwrite:
@@ -39,7 +47,9 @@ def convert(model_dir: str, out_dir: str, *, vae_dir: str | None = None, dtype: 
         "sources": sources,
         "num_params": int(sum(np.prod(a.shape) for a in _leaves(jf)) + sum(np.prod(a.shape) for a in _leaves(vae))),
     }
-    extra = {n: os.path.join(model_dir, n) for n in checkpoint.PROCESSOR_FILES if os.path.isfile(os.path.join(model_dir, n))}
+    extra = {
+        n: os.path.join(model_dir, n) for n in checkpoint.PROCESSOR_FILES if os.path.isfile(os.path.join(model_dir, n))
+    }
     return checkpoint.save_params(out_dir, {"janusflow": jf, "vae": vae}, meta, extra_files=extra, overwrite=overwrite)
 
 

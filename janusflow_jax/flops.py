@@ -17,7 +17,13 @@ def _attn_pairs(new: int, cached: int, causal: bool = True) -> int:
 
 def llm_flops(cfg: LlamaConfig, rows: int, new: int, cached: int = 0, *, lm_head_tokens: int = 0) -> float:
     """Forward FLOPs of `rows` sequences each feeding `new` tokens after `cached` cached ones."""
-    d, f, n, k, h = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    d, f, n, k, h = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    )
     per_token = d * (n * h + 2 * k * h) + n * h * d + 3 * d * f
     dense = 2 * rows * new * per_token * cfg.num_hidden_layers
     attn = 2 * 2 * rows * _attn_pairs(new, cached) * n * h * cfg.num_hidden_layers

@@ -112,7 +112,22 @@ def _generate_text(graphdef, params, ids, pixels, seq_mask, emb_mask, mask, key,
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "vae_graphdef", "num_steps", "solver", "pad_id", "progress"))
-def _generate_images(graphdef, params, vae_graphdef, vae_params, ids, mask, neg_ids, neg_mask, z0, cfg_weight, num_steps, solver, pad_id, progress):
+def _generate_images(
+    graphdef,
+    params,
+    vae_graphdef,
+    vae_params,
+    ids,
+    mask,
+    neg_ids,
+    neg_mask,
+    z0,
+    cfg_weight,
+    num_steps,
+    solver,
+    pad_id,
+    progress,
+):
     """Everything in one program: CFG rows, prompt prefill, scanned ODE, VAE decode, uint8."""
     m = nnx.merge(graphdef, params)
     n = m.cfg.grid_for_latent(z0.shape[1]) ** 2
@@ -190,7 +205,9 @@ class JanusFlowModel:
                 (vae_abs, lambda: AutoencoderKL(vae_cfg, rngs=nnx.Rngs(seed + 1))),
             ):
                 gd, st = nnx.split(abstract, nnx.Param)
-                state = jax.jit(lambda: nnx.split(make(), nnx.Param)[1], out_shardings=state_shardings(st, m))()
+                state = jax.jit(
+                    lambda make=make: nnx.split(make(), nnx.Param)[1], out_shardings=state_shardings(st, m)
+                )()
                 out += [gd, state]
         return cls(cfg, vae_cfg, *out, mesh=m, **kw)
 
@@ -235,7 +252,11 @@ class JanusFlowModel:
 
     def gen_decode(self, x, skip, t_emb):
         return _gen_decode(
-            self.graphdef, self.params, jnp.asarray(x, self.dtype), jnp.asarray(skip, self.dtype), jnp.asarray(t_emb, self.dtype)
+            self.graphdef,
+            self.params,
+            jnp.asarray(x, self.dtype),
+            jnp.asarray(skip, self.dtype),
+            jnp.asarray(t_emb, self.dtype),
         )
 
     def velocity(self, prompt_ids, z, t, *, cfg_weight: float, prompt_mask=None):
@@ -248,11 +269,27 @@ class JanusFlowModel:
         t1000 = _t1000(t, z.shape[0])
         t1000 = jnp.concatenate([t1000, t1000])
         return _velocity(
-            self.graphdef, self.params, ids, mask, z, t1000, jnp.float32(cfg_weight), num_image_tokens=n, pad_id=self.pad_id
+            self.graphdef,
+            self.params,
+            ids,
+            mask,
+            z,
+            t1000,
+            jnp.float32(cfg_weight),
+            num_image_tokens=n,
+            pad_id=self.pad_id,
         )
 
     def sample_latents(
-        self, prompt_ids, z0, *, num_steps: int, cfg_weight: float, solver: str = "euler", prompt_mask=None, use_cache=True
+        self,
+        prompt_ids,
+        z0,
+        *,
+        num_steps: int,
+        cfg_weight: float,
+        solver: str = "euler",
+        prompt_mask=None,
+        use_cache=True,
     ):
         """Final latents `[B,h,w,4]` of the CFG rectified-flow ODE from noise `z0` (official sampler defaults)."""
         if int(num_steps) <= 0:
@@ -324,7 +361,11 @@ class JanusFlowModel:
         seconds spent compiling and running in `self.timings` (for progress reports and benchmarks)."""
         import time
 
-        sig = (fn.__name__, tuple(sorted(static.items())), str(jax.tree.map(lambda a: (np.shape(a), str(getattr(a, "dtype", type(a)))), args)))
+        sig = (
+            fn.__name__,
+            tuple(sorted(static.items())),
+            str(jax.tree.map(lambda a: (np.shape(a), str(getattr(a, "dtype", type(a)))), args)),
+        )
         cache = self.__dict__.setdefault("_compiled", {})
         t0 = time.perf_counter()
         if sig not in cache:
@@ -387,10 +428,14 @@ class JanusFlowModel:
         neg = proc.encode(proc.generation_prompt(negative_prompt)) if negative_prompt is not None else None
         length = max(len(r) for r in rows + ([neg] if neg else []))
         self.check_generation_length(length)
-        length = min(-(-length // bucket) * bucket, self.cfg.llm.max_position_embeddings - self.cfg.num_gen_tokens(self.vae_cfg))
+        length = min(
+            -(-length // bucket) * bucket, self.cfg.llm.max_position_embeddings - self.cfg.num_gen_tokens(self.vae_cfg)
+        )
         key = jax.random.key(seed)
         lat = self.latent_shape()
-        z_all = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, i), lat, jnp.float32)) for i in range(len(prompts))])
+        z_all = np.stack(
+            [np.asarray(jax.random.normal(jax.random.fold_in(key, i), lat, jnp.float32)) for i in range(len(prompts))]
+        )
         bs = batch_size or len(prompts)
         out = []
         for a in range(0, len(prompts), bs):
@@ -402,9 +447,20 @@ class JanusFlowModel:
             out.append(
                 self._run(
                     _generate_images,
-                    self.graphdef, self.params, self.vae_graphdef, self.vae_params,
-                    ids, mask, nid, nmask, jnp.asarray(z_all[a : a + bs]), jnp.float32(cfg_weight),
-                    num_steps=int(num_steps), solver=solver, pad_id=int(self.pad_id), progress=bool(progress),
+                    self.graphdef,
+                    self.params,
+                    self.vae_graphdef,
+                    self.vae_params,
+                    ids,
+                    mask,
+                    nid,
+                    nmask,
+                    jnp.asarray(z_all[a : a + bs]),
+                    jnp.float32(cfg_weight),
+                    num_steps=int(num_steps),
+                    solver=solver,
+                    pad_id=int(self.pad_id),
+                    progress=bool(progress),
                 )
             )
         return np.concatenate([np.asarray(o) for o in out])
@@ -436,8 +492,15 @@ class JanusFlowModel:
         mask = np.pad(inputs["attention_mask"], ((0, 0), (pad, 0)))
         seq = np.pad(inputs["images_seq_mask"], ((0, 0), (pad, 0)))
         tokens = self.generate_text(
-            ids, inputs["pixel_values"], seq, inputs["images_emb_mask"], attention_mask=mask,
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            ids,
+            inputs["pixel_values"],
+            seq,
+            inputs["images_emb_mask"],
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
         )
         return [proc.decode(row) for row in np.asarray(tokens)]
 

@@ -176,7 +176,10 @@ class Processor:
     # --- understanding -----------------------------------------------------------------------
 
     def understanding_conversation(self, question: str) -> list[dict]:
-        return [{"role": self.roles[0], "content": f"{self.image_tag}\n{question}"}, {"role": self.roles[1], "content": ""}]
+        return [
+            {"role": self.roles[0], "content": f"{self.image_tag}\n{question}"},
+            {"role": self.roles[1], "content": ""},
+        ]
 
     def _expand(self, ids: list[int]) -> list[int]:
         out = []
@@ -189,7 +192,9 @@ class Processor:
                 out.append(i)
         return out
 
-    def encode_understanding(self, images: Sequence, conversations: Sequence, system_prompt: str = SYSTEM_PROMPT) -> dict:
+    def encode_understanding(
+        self, images: Sequence, conversations: Sequence, system_prompt: str = SYSTEM_PROMPT
+    ) -> dict:
         """One image per row; `conversations[i]` is a question string or a list of {role, content}
         messages (with one image placeholder). Returns the batched model inputs (left-padded)."""
         if len(images) != len(conversations):

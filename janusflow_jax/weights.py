@@ -90,20 +90,38 @@ JANUSFLOW_RULES: tuple[Rule, ...] = (
     Rule(r"vision_gen_dec_aligner_norm\.weight", "vision_gen_dec_aligner_norm.weight"),
     Rule(r"beg_of_und_embed", "beg_of_und_embed"),
     # ShallowUViT encoder / decoder
-    Rule(r"vision_gen_enc_model\.time_embed\.(linear_1|linear_2)\.weight", "vision_gen_enc_model.time_embed.{1}.kernel", "linear"),
+    Rule(
+        r"vision_gen_enc_model\.time_embed\.(linear_1|linear_2)\.weight",
+        "vision_gen_enc_model.time_embed.{1}.kernel",
+        "linear",
+    ),
     Rule(r"vision_gen_enc_model\.time_embed\.(linear_1|linear_2)\.bias", "vision_gen_enc_model.time_embed.{1}.bias"),
     Rule(r"vision_gen_enc_model\.in_conv\.weight", "vision_gen_enc_model.in_conv.kernel", "conv"),
     Rule(r"vision_gen_enc_model\.in_conv\.bias", "vision_gen_enc_model.in_conv.bias"),
     Rule(_CNX + r"depthwise\.weight", "{1}.mid_block.res_blocks.{2}.depthwise.kernel", "conv"),
     Rule(_CNX + r"depthwise\.bias", "{1}.mid_block.res_blocks.{2}.depthwise.bias"),
     Rule(_CNX + r"norm\.weight", "{1}.mid_block.res_blocks.{2}.norm.weight"),
-    Rule(_CNX + r"(channelwise_linear_1|channelwise_linear_2|cond_embeds_mapper)\.weight", "{1}.mid_block.res_blocks.{2}.{3}.kernel", "linear"),
-    Rule(_CNX + r"(channelwise_linear_1|channelwise_linear_2|cond_embeds_mapper)\.bias", "{1}.mid_block.res_blocks.{2}.{3}.bias"),
+    Rule(
+        _CNX + r"(channelwise_linear_1|channelwise_linear_2|cond_embeds_mapper)\.weight",
+        "{1}.mid_block.res_blocks.{2}.{3}.kernel",
+        "linear",
+    ),
+    Rule(
+        _CNX + r"(channelwise_linear_1|channelwise_linear_2|cond_embeds_mapper)\.bias",
+        "{1}.mid_block.res_blocks.{2}.{3}.bias",
+    ),
     Rule(_CNX + r"channelwise_norm\.(weight|bias)", "{1}.mid_block.res_blocks.{2}.channelwise_norm.{3}", "squeeze"),
     Rule(r"vision_gen_dec_model\.input_norm\.weight", "vision_gen_dec_model.input_norm.weight"),
     Rule(r"vision_gen_dec_model\.out_convs\.(\d+)\.norm\.weight", "vision_gen_dec_model.out_convs.{1}.norm.weight"),
-    Rule(r"vision_gen_dec_model\.out_convs\.(\d+)\.unpatch_conv\.weight", "vision_gen_dec_model.out_convs.{1}.unpatch_conv.kernel", "conv"),
-    Rule(r"vision_gen_dec_model\.out_convs\.(\d+)\.unpatch_conv\.bias", "vision_gen_dec_model.out_convs.{1}.unpatch_conv.bias"),
+    Rule(
+        r"vision_gen_dec_model\.out_convs\.(\d+)\.unpatch_conv\.weight",
+        "vision_gen_dec_model.out_convs.{1}.unpatch_conv.kernel",
+        "conv",
+    ),
+    Rule(
+        r"vision_gen_dec_model\.out_convs\.(\d+)\.unpatch_conv\.bias",
+        "vision_gen_dec_model.out_convs.{1}.unpatch_conv.bias",
+    ),
 )
 
 # Stored in the official checkpoint but never used by the official forward passes.
@@ -263,7 +281,9 @@ def convert_state_dict(
         try:
             a = get(key)
             if np.dtype(a.dtype).name not in _FLOAT_DTYPES:
-                raise ConversionError(f"{key}: dtype {np.dtype(a.dtype).name} is not a floating weight dtype {_FLOAT_DTYPES}")
+                raise ConversionError(
+                    f"{key}: dtype {np.dtype(a.dtype).name} is not a floating weight dtype {_FLOAT_DTYPES}"
+                )
             if stacked:
                 if not 0 <= layer < shape[0]:
                     problems.append(f"{key}: layer index {layer} out of range for {shape[0]} layers")
@@ -295,9 +315,14 @@ def convert_state_dict(
             missing.append(f"{name} (layers {lost})")
     msgs = []
     if missing:
-        msgs.append(f"missing tensor(s) for {len(missing)} parameter(s): {', '.join(missing[:20])}" + (" …" if len(missing) > 20 else ""))
+        msgs.append(
+            f"missing tensor(s) for {len(missing)} parameter(s): {', '.join(missing[:20])}"
+            + (" …" if len(missing) > 20 else "")
+        )
     if unmatched:
-        msgs.append(f"unexpected tensor(s) in {source}: {', '.join(unmatched[:20])}" + (" …" if len(unmatched) > 20 else ""))
+        msgs.append(
+            f"unexpected tensor(s) in {source}: {', '.join(unmatched[:20])}" + (" …" if len(unmatched) > 20 else "")
+        )
     if problems:
         msgs.append("; ".join(problems[:20]) + (" …" if len(problems) > 20 else ""))
     if msgs:
@@ -327,6 +352,13 @@ def load_safetensors_params(
 
     f = SafetensorsFile(path)
     flat = convert_state_dict(
-        f.keys(), f.get, targets, rules, ignored, dtype=np.dtype(dtype) if dtype else None, source=path, on_tensor=progress
+        f.keys(),
+        f.get,
+        targets,
+        rules,
+        ignored,
+        dtype=np.dtype(dtype) if dtype else None,
+        source=path,
+        on_tensor=progress,
     )
     return unflatten_params(flat)

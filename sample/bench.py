@@ -93,7 +93,9 @@ def main(argv=None) -> int:
 
         first, med, all_t = timed(gen, args.repeats)
         plen = len(ids) - 1
-        f_gen = flops.llm_flops(cfg.llm, 2 * b, plen) + steps * flops.gen_step_flops(cfg, 2 * b, h, plen, recompute=False)
+        f_gen = flops.llm_flops(cfg.llm, 2 * b, plen) + steps * flops.gen_step_flops(
+            cfg, 2 * b, h, plen, recompute=False
+        )
         f_vae = flops.vae_decode_flops(vae_cfg, h, b)
         f_official = steps * flops.gen_step_flops(cfg, 2 * b, h, plen, recompute=True) + f_vae
         total = f_gen + f_vae
@@ -104,7 +106,9 @@ def main(argv=None) -> int:
             f"({b / med:.2f} images/s); FLOPs {total / 1e9:.1f} G (official full-recompute path {f_official / 1e9:.1f} G); "
             f"MFU {flops.mfu(total, med, peak):.1%}; bound {total / peak:.3f}s; official torch CPU {ref:.2f}s → speed-up {ref / med:.2f}x"
         )
-        out["generation"] = dict(first_s=first, median_s=med, all_s=all_t, flops=total, official_flops=f_official, torch_s=ref)
+        out["generation"] = dict(
+            first_s=first, median_s=med, all_s=all_t, flops=total, official_flops=f_official, torch_s=ref
+        )
 
     if "und" in args.what:
         n_new = settings["und_new_tokens"]
@@ -116,7 +120,9 @@ def main(argv=None) -> int:
         seq_mask = np.zeros((1, p_tokens), bool)
         seq_mask[0, start : start + 1 + n_img] = True
         emb_mask = np.ones((1, 1, 1 + n_img), bool)
-        px = np.asarray(jax.random.normal(jax.random.key(3), (1, 1, cfg.siglip.image_size, cfg.siglip.image_size, 3)), np.float32)
+        px = np.asarray(
+            jax.random.normal(jax.random.key(3), (1, 1, cfg.siglip.image_size, cfg.siglip.image_size, 3)), np.float32
+        )
 
         def und():
             return model.generate_text(ids, px, seq_mask, emb_mask, max_new_tokens=n_new)

@@ -107,8 +107,14 @@ def generate(args) -> None:
     expanded = [p for p in prompts for _ in range(args.num_images)]
     _log(f"sampling {len(expanded)} image(s), {args.steps} {args.solver} steps, cfg {args.cfg} (first call compiles)")
     images = model.generate_images(
-        expanded, num_steps=args.steps, cfg_weight=args.cfg, seed=args.seed, solver=args.solver,
-        negative_prompt=args.negative_prompt, batch_size=args.batch_size, progress=True,
+        expanded,
+        num_steps=args.steps,
+        cfg_weight=args.cfg,
+        seed=args.seed,
+        solver=args.solver,
+        negative_prompt=args.negative_prompt,
+        batch_size=args.batch_size,
+        progress=True,
     )
     _report(model, f"generated {len(images)} image(s)")
     os.makedirs(args.out, exist_ok=True)
@@ -128,7 +134,9 @@ def generate(args) -> None:
 def understand(args) -> None:
     image = _read_image(args.image)
     model = _load(args)
-    answer = model.answer([image], [args.question], max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)[0]
+    answer = model.answer(
+        [image], [args.question], max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p
+    )[0]
     _report(model, "answered")
     print(answer)
 
@@ -145,7 +153,9 @@ def chat(args) -> None:
             break
         content = f"{proc.image_tag}\n{question}" if not history else question
         history += [{"role": proc.roles[0], "content": content}, {"role": proc.roles[1], "content": ""}]
-        answer = model.answer([image], [history], max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)[0]
+        answer = model.answer(
+            [image], [history], max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p
+        )[0]
         history[-1]["content"] = answer
         print(answer, flush=True)
 
@@ -160,7 +170,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         {"generate": generate, "understand": understand, "chat": chat}[args.mode](args)
-    except (CliError, ValueError, ConfigError, LoadError, ProcessorError, WeightFileError, ConversionError, OSError) as e:
+    except (
+        CliError,
+        ValueError,
+        ConfigError,
+        LoadError,
+        ProcessorError,
+        WeightFileError,
+        ConversionError,
+        OSError,
+    ) as e:
         print(f"janusflow-sample: error: {e}", file=sys.stderr)
         return 2
     return 0

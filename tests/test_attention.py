@@ -17,7 +17,15 @@ def _inputs(b=2, t=37, p=11, n=4, k=2, h=8, seed=0):
     key_mask[0, :5] = False  # left padding: rows 0..4 of batch 0 see no key
     pmask = np.ones((b, p), bool)
     pmask[1, :3] = False
-    return f(b, t, n, h), f(b, t, k, h), f(b, t, k, h), jnp.asarray(key_mask), f(b, p, k, h), f(b, p, k, h), jnp.asarray(pmask)
+    return (
+        f(b, t, n, h),
+        f(b, t, k, h),
+        f(b, t, k, h),
+        jnp.asarray(key_mask),
+        f(b, p, k, h),
+        f(b, p, k, h),
+        jnp.asarray(pmask),
+    )
 
 
 @pytest.mark.parametrize("block", [0, 7, 16])

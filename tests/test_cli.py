@@ -13,7 +13,15 @@ from PIL import Image
 from conftest import TINY_DIR
 from sample.cli import main
 
-SPECIALS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image_placeholder>", "<image_beg>", "<image_end>", "<｜begin▁of▁generation｜>"]
+SPECIALS = [
+    "<｜begin▁of▁sentence｜>",
+    "<｜end▁of▁sentence｜>",
+    "<｜▁pad▁｜>",
+    "<image_placeholder>",
+    "<image_beg>",
+    "<image_end>",
+    "<｜begin▁of▁generation｜>",
+]
 
 
 def _train_tokenizer(folder):
@@ -22,20 +30,37 @@ def _train_tokenizer(folder):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=262, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["a red cube on a blue floor", "what shape is in the image", "a large green circle"] * 20, trainer)
+    trainer = trainers.BpeTrainer(
+        vocab_size=262, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(
+        ["a red cube on a blue floor", "what shape is in the image", "a large green circle"] * 20, trainer
+    )
     bos = tok.token_to_id(SPECIALS[0])
     tok.post_processor = processors.TemplateProcessing(single=f"{SPECIALS[0]} $A", special_tokens=[(SPECIALS[0], bos)])
     assert tok.get_vocab_size() <= 272  # fits the tiny model's embedding table
     tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": SPECIALS[0], "eos_token": SPECIALS[1], "pad_token": SPECIALS[2], "tokenizer_class": "LlamaTokenizer"}))
-    (folder / "special_tokens_map.json").write_text(json.dumps({"bos_token": SPECIALS[0], "eos_token": SPECIALS[1], "pad_token": SPECIALS[2]}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": SPECIALS[0],
+                "eos_token": SPECIALS[1],
+                "pad_token": SPECIALS[2],
+                "tokenizer_class": "LlamaTokenizer",
+            }
+        )
+    )
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": SPECIALS[0], "eos_token": SPECIALS[1], "pad_token": SPECIALS[2]})
+    )
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpt") / "janusflow-tiny-bpe"
-    shutil.copytree(TINY_DIR, d, ignore=shutil.ignore_patterns("*.npz", "manifest.json", "tokenizer*", "special_tokens_map.json"))
+    shutil.copytree(
+        TINY_DIR, d, ignore=shutil.ignore_patterns("*.npz", "manifest.json", "tokenizer*", "special_tokens_map.json")
+    )
     for p in d.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
     _train_tokenizer(d)
@@ -52,7 +77,26 @@ def _run(argv, capsys, stdin=None, monkeypatch=None):
 
 def test_generate_writes_pngs_in_prompt_order(folder, tmp_path, capsys):
     out = tmp_path / "imgs"
-    code, stdout, err = _run(["generate", "--checkpoint", folder, "--prompt", "a red cube", "--prompt", "a blue floor", "--num-images", "2", "--steps", "2", "--out", out, "--compile-cache", tmp_path / "xla"], capsys)
+    code, stdout, err = _run(
+        [
+            "generate",
+            "--checkpoint",
+            folder,
+            "--prompt",
+            "a red cube",
+            "--prompt",
+            "a blue floor",
+            "--num-images",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            out,
+            "--compile-cache",
+            tmp_path / "xla",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "compile" in err and "run" in err and "step 2/2" in err and str(out) in stdout
     files = sorted(p.name for p in out.iterdir())
@@ -62,7 +106,10 @@ def test_generate_writes_pngs_in_prompt_order(folder, tmp_path, capsys):
     assert np.asarray(Image.open(out / "grid.png")).shape == (128, 128, 3)
     # prompt order: image 2 is the second prompt's first image, the same as drawing it alone
     solo = tmp_path / "solo"
-    assert _run(["generate", "--checkpoint", folder, "--prompt", "a red cube", "--steps", "2", "--out", solo], capsys)[0] == 0
+    assert (
+        _run(["generate", "--checkpoint", folder, "--prompt", "a red cube", "--steps", "2", "--out", solo], capsys)[0]
+        == 0
+    )
     a = np.asarray(Image.open(solo / "0000.png")).astype(int)
     assert np.abs(a - first.astype(int)).max() <= 1
 
@@ -70,10 +117,28 @@ def test_generate_writes_pngs_in_prompt_order(folder, tmp_path, capsys):
 def test_understand_and_chat(folder, tmp_path, capsys, monkeypatch):
     img = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(img)
-    code, out, err = _run(["understand", "--checkpoint", folder, "--image", img, "--question", "what shape is in the image?", "--max-new-tokens", "4"], capsys)
+    code, out, err = _run(
+        [
+            "understand",
+            "--checkpoint",
+            folder,
+            "--image",
+            img,
+            "--question",
+            "what shape is in the image?",
+            "--max-new-tokens",
+            "4",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert len(out.splitlines()) == 1
-    code, out, err = _run(["chat", "--checkpoint", folder, "--image", img, "--max-new-tokens", "3"], capsys, "what shape?\nand the colour?\n", monkeypatch)
+    code, out, err = _run(
+        ["chat", "--checkpoint", folder, "--image", img, "--max-new-tokens", "3"],
+        capsys,
+        "what shape?\nand the colour?\n",
+        monkeypatch,
+    )
     assert code == 0, err
     assert len(out.splitlines()) == 2
 
@@ -84,8 +149,11 @@ def test_orbax_checkpoint_works_too(folder, tmp_path, capsys):
     ckpt = tmp_path / "orbax"
     assert convert_main([str(folder), "--out", str(ckpt), "--dtype", "float32"]) == 0
     out = tmp_path / "o"
-    code, _, err = _run(["generate", "--checkpoint", ckpt, "--prompt", "a red cube", "--steps", "2", "--out", out], capsys)
-    assert code == 0, err and (out / "0000.png").is_file()
+    code, _, err = _run(
+        ["generate", "--checkpoint", ckpt, "--prompt", "a red cube", "--steps", "2", "--out", out], capsys
+    )
+    assert code == 0, err
+    assert (out / "0000.png").is_file()
 
 
 @pytest.mark.parametrize(
@@ -95,7 +163,10 @@ def test_orbax_checkpoint_works_too(folder, tmp_path, capsys):
         (["generate", "--checkpoint", "{folder}", "--prompt", "x", "--steps", "0"], "--steps"),
         (["generate", "--checkpoint", "{folder}"], "no prompt"),
         (["generate", "--checkpoint", "{folder}", "--prompt", "word " * 1200, "--steps", "1"], "exceeds the context"),
-        (["understand", "--checkpoint", "{folder}", "--image", "{folder}/config.json", "--question", "q"], "cannot read image"),
+        (
+            ["understand", "--checkpoint", "{folder}", "--image", "{folder}/config.json", "--question", "q"],
+            "cannot read image",
+        ),
         (["generate", "--checkpoint", "{folder}", "--prompts-file", "/nonexistent.txt"], "cannot read"),
     ],
 )

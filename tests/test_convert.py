@@ -54,7 +54,9 @@ def test_convert_then_load_gives_the_same_numbers(tmp_path, capsys, tiny_model, 
     loaded = janusflow_jax.load(str(out))
     d = npz("llm")
     assert rel_err(loaded.llm_logits(d["input_ids"]), d["logits"]) < 1e-4
-    np.testing.assert_array_equal(np.asarray(loaded.llm_logits(d["input_ids"])), np.asarray(tiny_model.llm_logits(d["input_ids"])))
+    np.testing.assert_array_equal(
+        np.asarray(loaded.llm_logits(d["input_ids"])), np.asarray(tiny_model.llm_logits(d["input_ids"]))
+    )
     v = npz("vae")
     assert rel_err(loaded.vae_encode(np.moveaxis(v["encode_x"], 1, -1)), np.moveaxis(v["encode_mean"], 1, -1)) < 1e-4
     # bf16 checkpoint (the default) loads into float32 and bf16 models
@@ -71,16 +73,52 @@ def _drop(k):
 
 
 CASES = {
-    "missing tensor": (lambda d: _rewrite(d, _drop("vision_gen_dec_aligner.bias")), "missing tensor", "vision_gen_dec_aligner.bias"),
-    "missing layer": (lambda d: _rewrite(d, _drop("language_model.model.layers.1.mlp.up_proj.weight")), "missing tensor", "layers [1]"),
-    "extra tensor": (lambda d: _rewrite(d, lambda t: t.__setitem__("language_model.model.extra.weight", np.zeros(3, np.float32))), "unexpected tensor", "language_model.model.extra.weight"),
-    "wrong shape": (lambda d: _rewrite(d, lambda t: t.__setitem__("vision_gen_enc_aligner.weight", np.zeros((64, 31), np.float32))), "vision_gen_enc_aligner.weight", "shape"),
-    "wrong dtype": (lambda d: _rewrite(d, lambda t: t.__setitem__("beg_of_und_embed", np.zeros((1, 64), np.int32))), "beg_of_und_embed", "dtype int32"),
+    "missing tensor": (
+        lambda d: _rewrite(d, _drop("vision_gen_dec_aligner.bias")),
+        "missing tensor",
+        "vision_gen_dec_aligner.bias",
+    ),
+    "missing layer": (
+        lambda d: _rewrite(d, _drop("language_model.model.layers.1.mlp.up_proj.weight")),
+        "missing tensor",
+        "layers [1]",
+    ),
+    "extra tensor": (
+        lambda d: _rewrite(d, lambda t: t.__setitem__("language_model.model.extra.weight", np.zeros(3, np.float32))),
+        "unexpected tensor",
+        "language_model.model.extra.weight",
+    ),
+    "wrong shape": (
+        lambda d: _rewrite(d, lambda t: t.__setitem__("vision_gen_enc_aligner.weight", np.zeros((64, 31), np.float32))),
+        "vision_gen_enc_aligner.weight",
+        "shape",
+    ),
+    "wrong dtype": (
+        lambda d: _rewrite(d, lambda t: t.__setitem__("beg_of_und_embed", np.zeros((1, 64), np.int32))),
+        "beg_of_und_embed",
+        "dtype int32",
+    ),
     "truncated file": (lambda d: _truncate(d / "model.safetensors"), "truncated", "model.safetensors"),
-    "invalid config json": (lambda d: (d / "config.json").write_text("{\"language_config\": "), "config.json", "invalid JSON"),
-    "unknown cls": (lambda d: _edit_config(d, lambda c: c["vision_gen_enc_config"].__setitem__("cls", "DeepUViT")), "cls='DeepUViT'", "unknown"),
-    "unknown field": (lambda d: _edit_config(d, lambda c: c["language_config"].__setitem__("num_experts", 8)), "unknown field", "num_experts"),
-    "missing field": (lambda d: _edit_config(d, lambda c: c["language_config"].pop("vocab_size")), "missing required field", "vocab_size"),
+    "invalid config json": (
+        lambda d: (d / "config.json").write_text('{"language_config": '),
+        "config.json",
+        "invalid JSON",
+    ),
+    "unknown cls": (
+        lambda d: _edit_config(d, lambda c: c["vision_gen_enc_config"].__setitem__("cls", "DeepUViT")),
+        "cls='DeepUViT'",
+        "unknown",
+    ),
+    "unknown field": (
+        lambda d: _edit_config(d, lambda c: c["language_config"].__setitem__("num_experts", 8)),
+        "unknown field",
+        "num_experts",
+    ),
+    "missing field": (
+        lambda d: _edit_config(d, lambda c: c["language_config"].pop("vocab_size")),
+        "missing required field",
+        "vocab_size",
+    ),
     "pickle file": (lambda d: _to_pickle(d), "pickle", "pytorch_model.bin"),
     "vae missing": (lambda d: shutil.rmtree(d / "vae"), "VAE folder not found", "vae"),
     "vae tensor wrong shape": (lambda d: _rewrite_vae(d), "decoder.conv_out.weight", "shape"),
@@ -141,7 +179,12 @@ def test_refuses_to_overwrite(tmp_path, capsys):
 def test_console_script_exit_code(tmp_path):
     exe = shutil.which("janusflow-convert")
     cmd = [exe] if exe else [sys.executable, "-m", "convert.torch_to_orbax"]
-    r = subprocess.run(cmd + [str(tmp_path / "nope"), "--out", str(tmp_path / "o")], capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    r = subprocess.run(
+        cmd + [str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert r.returncode != 0
     assert "nope" in r.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "o").exists()

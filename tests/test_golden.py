@@ -37,10 +37,15 @@ def test_understanding_path(tiny_model, npz):
     assert rel_err(feats, d["siglip_features"]) < TOL
     assert rel_err(m.vision_und_enc_aligner(feats), d["aligned_features"]) < TOL
     embeds = m.prepare_inputs_embeds(
-        jnp.asarray(d["input_ids"]), jnp.asarray(pixels), jnp.asarray(d["images_seq_mask"]), jnp.asarray(d["images_emb_mask"])
+        jnp.asarray(d["input_ids"]),
+        jnp.asarray(pixels),
+        jnp.asarray(d["images_seq_mask"]),
+        jnp.asarray(d["images_emb_mask"]),
     )
     assert rel_err(embeds, d["inputs_embeds"]) < TOL
-    np.testing.assert_array_equal(positions_from_mask(jnp.asarray(d["attention_mask"]), d["input_ids"].shape), d["position_ids"])
+    np.testing.assert_array_equal(
+        positions_from_mask(jnp.asarray(d["attention_mask"]), d["input_ids"].shape), d["position_ids"]
+    )
     logits = tiny_model.understanding_logits(
         d["input_ids"], pixels, d["images_seq_mask"], d["images_emb_mask"], attention_mask=d["attention_mask"]
     )
@@ -60,7 +65,9 @@ def test_gen_encoder_decoder(tiny_model, npz):
     v = tiny_model.gen_decode(nchw_to_nhwc(d["dec_x"]), nchw_to_nhwc(d["dec_hs"]), d["dec_t_emb"])
     assert rel_err(v, nchw_to_nhwc(d["dec_v"])) < TOL
     dec = tiny_model.module.vision_gen_dec_model
-    x = jnp.concatenate([dec.input_norm(jnp.asarray(nchw_to_nhwc(d["dec_x"]))), jnp.asarray(nchw_to_nhwc(d["dec_hs"]))], -1)
+    x = jnp.concatenate(
+        [dec.input_norm(jnp.asarray(nchw_to_nhwc(d["dec_x"]))), jnp.asarray(nchw_to_nhwc(d["dec_hs"]))], -1
+    )
     assert rel_err(dec.mid_block(x, jnp.asarray(d["dec_t_emb"])), nchw_to_nhwc(d["dec_mid_block_out"])) < TOL
 
 

@@ -22,8 +22,24 @@ pytestmark = pytest.mark.torch
 TOL = 1e-4
 
 CONFIGS = {
-    "mha": dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, rope_theta=10000.0),
-    "gqa": dict(vocab_size=131, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2, rope_theta=500000.0),
+    "mha": dict(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        rope_theta=10000.0,
+    ),
+    "gqa": dict(
+        vocab_size=131,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        rope_theta=500000.0,
+    ),
 }
 
 
@@ -42,7 +58,7 @@ def _build(name: str, seed: int = 0):
     ref = transformers.LlamaForCausalLM(hf_cfg).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for n, p in ref.named_parameters():
+        for _, p in ref.named_parameters():
             if p.ndim == 1:
                 p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
             else:
@@ -52,7 +68,9 @@ def _build(name: str, seed: int = 0):
     with use_mesh():
         abstract = nnx.eval_shape(lambda: _Wrap(cfg, rngs=nnx.Rngs(0)))
         pure = weights.unflatten_params(
-            weights.convert_state_dict(sd.keys(), sd.__getitem__, weights.param_targets(abstract), weights.JANUSFLOW_RULES)
+            weights.convert_state_dict(
+                sd.keys(), sd.__getitem__, weights.param_targets(abstract), weights.JANUSFLOW_RULES
+            )
         )
         gd, state = nnx.split(abstract, nnx.Param)
         nnx.replace_by_pure_dict(state, pure)
@@ -84,7 +102,9 @@ def test_left_padded_batch(pair):
     mask[2, :9] = 0
     pos = np.asarray(positions_from_mask(jnp.asarray(mask), ids.shape))
     with torch.no_grad():
-        want = ref(torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), position_ids=torch.as_tensor(pos)).logits.numpy()
+        want = ref(
+            torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), position_ids=torch.as_tensor(pos)
+        ).logits.numpy()
     got, _ = model(jnp.asarray(ids, jnp.int32), attention_mask=jnp.asarray(mask))
     valid = mask.astype(bool)
     assert rel_err(np.asarray(got)[valid], want[valid]) < TOL
@@ -103,14 +123,23 @@ def test_cached_decode_matches_full_forward(pair):
     mask[1, :3] = 0  # left padding in row 1
     pos = np.asarray(positions_from_mask(jnp.asarray(mask), ids.shape))
     with torch.no_grad():
-        want = ref(torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), position_ids=torch.as_tensor(pos)).logits.numpy()
+        want = ref(
+            torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), position_ids=torch.as_tensor(pos)
+        ).logits.numpy()
     cache = KVCache.init(cfg, b, prompt + new + 3)
     step = jax.jit(lambda c, i, p, m: model(i, p, m, c))
-    logits, cache = step(cache, jnp.asarray(ids[:, :prompt], jnp.int32), jnp.asarray(pos[:, :prompt]), jnp.asarray(mask[:, :prompt]))
+    logits, cache = step(
+        cache, jnp.asarray(ids[:, :prompt], jnp.int32), jnp.asarray(pos[:, :prompt]), jnp.asarray(mask[:, :prompt])
+    )
     valid = mask[:, :prompt].astype(bool)
     assert rel_err(np.asarray(logits)[valid], want[:, :prompt][valid]) < TOL
     for k in range(prompt, prompt + new):
-        logits, cache = step(cache, jnp.asarray(ids[:, k : k + 1], jnp.int32), jnp.asarray(pos[:, k : k + 1]), jnp.asarray(mask[:, k : k + 1]))
+        logits, cache = step(
+            cache,
+            jnp.asarray(ids[:, k : k + 1], jnp.int32),
+            jnp.asarray(pos[:, k : k + 1]),
+            jnp.asarray(mask[:, k : k + 1]),
+        )
         assert rel_err(logits[:, 0], want[:, k]) < TOL
     assert int(cache.end_index) == prompt + new
 
@@ -121,7 +150,9 @@ def test_remat_gives_same_values_and_gradients(pair):
     ids = jnp.asarray(np.random.default_rng(3).integers(0, cfg.vocab_size, size=(2, 10)), jnp.int32)
     _, state = nnx.split(model, nnx.Param)
     with use_mesh():
-        remat_abstract = nnx.eval_shape(lambda: LlamaForCausalLM(dataclasses.replace(cfg, remat="full"), rngs=nnx.Rngs(0)))
+        remat_abstract = nnx.eval_shape(
+            lambda: LlamaForCausalLM(dataclasses.replace(cfg, remat="full"), rngs=nnx.Rngs(0))
+        )
     remat_gd, _ = nnx.split(remat_abstract, nnx.Param)
     plain_gd, _ = nnx.split(model, nnx.Param)
 

@@ -21,7 +21,11 @@ def test_special_token_ids(proc):
     ids = MANIFEST["token_ids"]
     assert (proc.bos_id, proc.eos_id, proc.pad_id) == (ids["bos"], ids["eos"], ids["pad"])
     assert (proc.image_id, proc.image_start_id, proc.image_end_id, proc.image_gen_id) == (
-        ids["image_placeholder"], ids["image_start"], ids["image_end"], ids["image_gen"])
+        ids["image_placeholder"],
+        ids["image_start"],
+        ids["image_end"],
+        ids["image_gen"],
+    )
     assert len(proc) == ids["tokenizer_len"]
 
 

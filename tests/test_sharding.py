@@ -39,8 +39,12 @@ def test_expected_partition_specs():
     assert spec(p["language_model"]["model"]["layers"]["mlp"]["down_proj"]) == P(None, "tensor", "fsdp")
     assert spec(p["language_model"]["model"]["embed_tokens"]["embedding"]) == P("tensor", "fsdp")
     assert spec(p["language_model"]["lm_head"]) == P("fsdp", "tensor")
-    assert spec(p["vision_und_enc_model"]["vision_tower"]["blocks"]["mlp"]["fc1"]["kernel"]) == P(None, "fsdp", "tensor")
-    assert spec(p["vision_gen_enc_model"]["mid_block"]["res_blocks"][0]["depthwise"]["kernel"]) == P(None, None, None, "tensor")
+    assert spec(p["vision_und_enc_model"]["vision_tower"]["blocks"]["mlp"]["fc1"]["kernel"]) == P(
+        None, "fsdp", "tensor"
+    )
+    assert spec(p["vision_gen_enc_model"]["mid_block"]["res_blocks"][0]["depthwise"]["kernel"]) == P(
+        None, None, None, "tensor"
+    )
     assert spec(p["language_model"]["model"]["norm"]["weight"]) == P("fsdp")
     # really distributed: a sharded leaf has addressable shards smaller than the whole
     q = p["language_model"]["model"]["layers"]["self_attn"]["q_proj"][...]

@@ -79,7 +79,9 @@ def test_full_size_forward_shapes(abstract_full):
         x, t_emb, skip = m.gen_encode(z, t)
         return m.gen_tokens(x), t_emb, skip
 
-    tok, t_emb, skip = jax.eval_shape(gen, st, jax.ShapeDtypeStruct((2, 48, 48, 4), np.float32), jax.ShapeDtypeStruct((2,), np.float32))
+    tok, t_emb, skip = jax.eval_shape(
+        gen, st, jax.ShapeDtypeStruct((2, 48, 48, 4), np.float32), jax.ShapeDtypeStruct((2,), np.float32)
+    )
     assert tok.shape == (2, 576, 2048) and t_emb.shape == (2, 2048) and skip.shape == (2, 24, 24, 768)
 
     def und(st, px):

@@ -1,8 +1,6 @@
 """Live parity against diffusers' AutoencoderKL (torch, float32) on random small SDXL-structured
 configs, weights through the real converter table."""
 
-import dataclasses
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,7 +20,14 @@ CONFIGS = {
     "3-level": (dict(block_out_channels=(8, 16, 16), norm_num_groups=4, layers_per_block=1), 32),
     "sdxl-4-level": (dict(block_out_channels=(16, 32, 64, 64), norm_num_groups=8, layers_per_block=2), 32),
     "no-attn-no-quant": (
-        dict(block_out_channels=(8, 16), norm_num_groups=4, layers_per_block=1, mid_block_add_attention=False, use_quant_conv=False, use_post_quant_conv=False),
+        dict(
+            block_out_channels=(8, 16),
+            norm_num_groups=4,
+            layers_per_block=1,
+            mid_block_add_attention=False,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        ),
         24,
     ),
 }
@@ -41,14 +46,19 @@ def _pair(name):
     with torch.no_grad():
         for pname, p in ref.named_parameters():
             if p.ndim == 1:  # norms and biases matter: move them off 1 / 0
-                p.copy_((1.0 if pname.endswith("norm1.weight") or "norm" in pname and pname.endswith("weight") else 0.0) + 0.1 * torch.randn(p.shape, generator=g))
+                p.copy_(
+                    (1.0 if pname.endswith("norm1.weight") or "norm" in pname and pname.endswith("weight") else 0.0)
+                    + 0.1 * torch.randn(p.shape, generator=g)
+                )
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / np.sqrt(np.prod(p.shape[1:])))
     cfg = VaeConfig.from_diffusers(dict(ref.config))
     sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
     with use_mesh():
         abstract = nnx.eval_shape(lambda: AutoencoderKL(cfg, rngs=nnx.Rngs(0)))
-        pure = weights.unflatten_params(weights.convert_state_dict(sd, sd.__getitem__, weights.param_targets(abstract), weights.VAE_RULES))
+        pure = weights.unflatten_params(
+            weights.convert_state_dict(sd, sd.__getitem__, weights.param_targets(abstract), weights.VAE_RULES)
+        )
         gd, st = nnx.split(abstract, nnx.Param)
         nnx.replace_by_pure_dict(st, pure)
         model = nnx.merge(gd, st)

@@ -68,7 +68,9 @@ class Linear(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.dtype = dtype
-        self.kernel = param(rngs, kernel_init or fan_in_init(in_features), (in_features, out_features), param_dtype, names)
+        self.kernel = param(
+            rngs, kernel_init or fan_in_init(in_features), (in_features, out_features), param_dtype, names
+        )
         self.bias = param(rngs, zeros_init, (out_features,), param_dtype, (names[1],)) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -149,7 +151,9 @@ def _depthwise(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
 class RMSNorm(nnx.Module):
     """LlamaRMSNorm: fp32 statistics, cast back to the input dtype, then times the weight."""
 
-    def __init__(self, dim: int, *, eps: float = 1e-6, names: Axes = ("embed",), param_dtype: str = "float32", rngs=None):
+    def __init__(
+        self, dim: int, *, eps: float = 1e-6, names: Axes = ("embed",), param_dtype: str = "float32", rngs=None
+    ):
         del rngs
         self.eps = eps
         self.weight = param(None, ones_init, (dim,), param_dtype, names)
@@ -167,7 +171,9 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
 class LayerNorm(nnx.Module):
     """torch.nn.LayerNorm over the last axis (fp32 statistics)."""
 
-    def __init__(self, dim: int, *, eps: float = 1e-6, names: Axes = ("embed",), param_dtype: str = "float32", rngs=None):
+    def __init__(
+        self, dim: int, *, eps: float = 1e-6, names: Axes = ("embed",), param_dtype: str = "float32", rngs=None
+    ):
         del rngs
         self.eps = eps
         self.weight = param(None, ones_init, (dim,), param_dtype, names)

@@ -15,7 +15,6 @@ from janusflow_jax.nn.kv_cache import KVCache
 from janusflow_jax.nn.layers import RMSNorm, as_dtype, fan_in_init, normal_init, param
 from janusflow_jax.sharding import shard
 
-UNROLL = 1
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -126,7 +125,13 @@ def causal_attention(q, k, v, key_mask, scale: float, block: int, prefix=None) -
 
 class LlamaAttention(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-        d, n, k, h, pd = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.param_dtype
+        d, n, k, h, pd = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.param_dtype,
+        )
         self.q_proj = param(rngs, fan_in_init(d), (d, n, h), pd, ("embed", "heads", "head_dim"))
         self.k_proj = param(rngs, fan_in_init(d), (d, k, h), pd, ("embed", "kv_heads", "head_dim"))
         self.v_proj = param(rngs, fan_in_init(d), (d, k, h), pd, ("embed", "kv_heads", "head_dim"))
@@ -250,7 +255,7 @@ class LlamaModel(nnx.Module):
             return x, (kv, x if collect_hidden else None)
 
         pre = None if prefix is None else (prefix.k, prefix.v)
-        x, (extra, per_layer) = jax.lax.scan(maybe_remat(body, cfg.remat), x, (layer_state, pre), unroll=UNROLL)
+        x, (extra, per_layer) = jax.lax.scan(maybe_remat(body, cfg.remat), x, (layer_state, pre))
         if cache is not None:
             k_new, v_new = extra
             at = (0, 0, cache.end_index, 0, 0)
@@ -267,7 +272,9 @@ class LlamaForCausalLM(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.model = LlamaModel(cfg, rngs=rngs)
-        self.lm_head = param(rngs, fan_in_init(cfg.hidden_size), (cfg.hidden_size, cfg.vocab_size), cfg.param_dtype, ("embed", "vocab"))
+        self.lm_head = param(
+            rngs, fan_in_init(cfg.hidden_size), (cfg.hidden_size, cfg.vocab_size), cfg.param_dtype, ("embed", "vocab")
+        )
 
     def embed(self, ids: jax.Array) -> jax.Array:
         return self.model.embed_tokens(ids, as_dtype(self.cfg.dtype))

@@ -12,7 +12,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from janusflow_jax.config import SiglipConfig
-from janusflow_jax.nn.layers import Conv2d, LayerNorm, Linear, as_dtype, fan_in_init, gelu_exact, normal_init, param, zeros_init
+from janusflow_jax.nn.layers import (
+    Conv2d,
+    LayerNorm,
+    Linear,
+    as_dtype,
+    fan_in_init,
+    gelu_exact,
+    normal_init,
+    param,
+    zeros_init,
+)
 from janusflow_jax.nn.llama import make_stack, maybe_remat
 from janusflow_jax.sharding import shard
 
@@ -88,7 +98,9 @@ class VisionTransformer(nnx.Module):
         With `collect=True` also returns `{"patch_embed": [B,P,W], "blocks": [depth,B,P,W]}`.
         """
         if pixels.shape[1:3] != (self.cfg.image_size, self.cfg.image_size):
-            raise ValueError(f"SigLIP expects {self.cfg.image_size}x{self.cfg.image_size} images, got {pixels.shape[1:3]}")
+            raise ValueError(
+                f"SigLIP expects {self.cfg.image_size}x{self.cfg.image_size} images, got {pixels.shape[1:3]}"
+            )
         patches = self.patch_embed(pixels)
         x = patches + self.pos_embed[...].astype(patches.dtype)[None]
         graphdef, state = nnx.split(self.blocks)

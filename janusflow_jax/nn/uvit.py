@@ -40,14 +40,28 @@ class GlobalResponseNorm(nnx.Module):
 class ConvNextBlock(nnx.Module):
     """depthwise 7×7 → RMSNorm → Linear(C→4C) → GELU(erf) → GRN → Linear(4C→C) → + residual → FiLM."""
 
-    def __init__(self, channels: int, hidden_size: int, *, eps: float, use_bias: bool, dtype: str, param_dtype: str, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        channels: int,
+        hidden_size: int,
+        *,
+        eps: float,
+        use_bias: bool,
+        dtype: str,
+        param_dtype: str,
+        rngs: nnx.Rngs,
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.depthwise = Conv2d(channels, channels, 7, padding=3, groups=channels, use_bias=use_bias, names=(None, "conv_out"), **kw)
+        self.depthwise = Conv2d(
+            channels, channels, 7, padding=3, groups=channels, use_bias=use_bias, names=(None, "conv_out"), **kw
+        )
         self.norm = RMSNorm(channels, eps=eps, names=("conv_out",), param_dtype=param_dtype)
         self.channelwise_linear_1 = Linear(channels, 4 * channels, use_bias=use_bias, names=("conv_in", "mlp"), **kw)
         self.channelwise_norm = GlobalResponseNorm(4 * channels, param_dtype=param_dtype)
         self.channelwise_linear_2 = Linear(4 * channels, channels, use_bias=use_bias, names=("mlp", "conv_in"), **kw)
-        self.cond_embeds_mapper = Linear(hidden_size, 2 * channels, use_bias=use_bias, names=("embed", "conv_out"), **kw)
+        self.cond_embeds_mapper = Linear(
+            hidden_size, 2 * channels, use_bias=use_bias, names=("embed", "conv_out"), **kw
+        )
 
     def __call__(self, x, t_emb):
         h = self.depthwise(x)
@@ -62,7 +76,9 @@ class UVitBlock(nnx.Module):
     def __init__(self, channels: int, num_blocks: int, hidden_size: int, *, eps, use_bias, dtype, param_dtype, rngs):
         self.res_blocks = nnx.List(
             [
-                ConvNextBlock(channels, hidden_size, eps=eps, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                ConvNextBlock(
+                    channels, hidden_size, eps=eps, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+                )
                 for _ in range(num_blocks)
             ]
         )
@@ -90,9 +106,13 @@ class ShallowUViTEncoder(nnx.Module):
         self.cfg = cfg
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
         self.time_embed = TimestepEmbedding(cfg.channels, cfg.hidden_size, use_bias=cfg.use_bias, **kw)
-        self.in_conv = Conv2d(cfg.input_channels, cfg.channels, cfg.kernel_size, stride=cfg.stride, padding=cfg.padding, **kw)
+        self.in_conv = Conv2d(
+            cfg.input_channels, cfg.channels, cfg.kernel_size, stride=cfg.stride, padding=cfg.padding, **kw
+        )
         self.mid_block = (
-            UVitBlock(cfg.channels, cfg.layers_in_middle, cfg.hidden_size, eps=cfg.norm_eps, use_bias=cfg.use_bias, **kw)
+            UVitBlock(
+                cfg.channels, cfg.layers_in_middle, cfg.hidden_size, eps=cfg.norm_eps, use_bias=cfg.use_bias, **kw
+            )
             if cfg.use_mid_block
             else None
         )
@@ -117,7 +137,13 @@ class Unpatchify(nnx.Module):
         self.patch, self.out_channels = patch, out_channels
         self.norm = RMSNorm(in_channels, eps=eps, names=("conv_in",), param_dtype=param_dtype)
         self.unpatch_conv = Conv2d(
-            in_channels, out_channels * patch * patch, 1, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+            in_channels,
+            out_channels * patch * patch,
+            1,
+            use_bias=use_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
         )
 
     def __call__(self, x):
@@ -134,7 +160,9 @@ class ShallowUViTDecoder(nnx.Module):
         self.cfg = cfg
         kw = dict(eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
         self.input_norm = RMSNorm(cfg.in_channels, eps=cfg.norm_eps, names=("conv_in",), param_dtype=cfg.param_dtype)
-        self.mid_block = UVitBlock(cfg.mid_channels, cfg.layers_in_middle, cfg.hidden_size, **kw) if cfg.use_mid_block else None
+        self.mid_block = (
+            UVitBlock(cfg.mid_channels, cfg.layers_in_middle, cfg.hidden_size, **kw) if cfg.use_mid_block else None
+        )
         convs = []
         for rank in range(cfg.upsamples):
             cin = cfg.mid_channels if rank == 0 else cfg.channels
@@ -144,7 +172,9 @@ class ShallowUViTDecoder(nnx.Module):
 
     def __call__(self, x: jax.Array, skip: jax.Array, t_emb: jax.Array) -> jax.Array:
         """x `[B,h,w,Cin]` (LLM side), skip `[B,h,w,C]` (encoder output), t_emb `[B,D]` → `[B,H,W,out]`."""
-        x = jnp.concatenate([self.input_norm(x.astype(as_dtype(self.cfg.dtype))), skip.astype(as_dtype(self.cfg.dtype))], axis=-1)
+        x = jnp.concatenate(
+            [self.input_norm(x.astype(as_dtype(self.cfg.dtype))), skip.astype(as_dtype(self.cfg.dtype))], axis=-1
+        )
         if self.mid_block is not None:
             x = self.mid_block(x, t_emb)
         for conv in self.out_convs:

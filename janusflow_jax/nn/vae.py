@@ -94,7 +94,9 @@ class Downsample(nnx.Module):
     """Pad (0, 1, 0, 1) then 3×3 stride-2 conv without padding (diffusers `Downsample2D`, padding=0)."""
 
     def __init__(self, channels: int, cfg: VaeConfig, *, rngs: nnx.Rngs):
-        self.conv = Conv2d(channels, channels, 3, stride=2, padding=0, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        self.conv = Conv2d(
+            channels, channels, 3, stride=2, padding=0, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs
+        )
 
     def __call__(self, x):
         return self.conv(jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0))))

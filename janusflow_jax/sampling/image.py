@@ -26,7 +26,9 @@ class CfgBatch:
     positions: jax.Array  # [2B, P + 1 + N] RoPE positions of prefix, t_emb and image tokens
 
 
-def cfg_batch(prompt_ids, prompt_mask, num_image_tokens: int, pad_id: int = 0, uncond_ids=None, uncond_mask=None) -> CfgBatch:
+def cfg_batch(
+    prompt_ids, prompt_mask, num_image_tokens: int, pad_id: int = 0, uncond_ids=None, uncond_mask=None
+) -> CfgBatch:
     """Build the CFG rows from left-padded prompts `[B, L]` ending with the image start tag.
 
     Unconditional rows: the same row with every token after BOS replaced by `pad_id` and masked
@@ -99,7 +101,9 @@ def print_step(step, total) -> None:
     print(f"\r  step {step}/{total}", end="\n" if step == total else "", file=sys.stderr, flush=True)
 
 
-def ode_solve(v, z0: jax.Array, t_grid: np.ndarray, dt: np.ndarray, solver: str = "euler", progress: bool = False) -> jax.Array:
+def ode_solve(
+    v, z0: jax.Array, t_grid: np.ndarray, dt: np.ndarray, solver: str = "euler", progress: bool = False
+) -> jax.Array:
     """Integrate dz/dt = v(z, t·1000) over the static grid with `jax.lax.scan` (carry: z only).
     `progress=True` prints each finished step from inside the compiled loop."""
     dt = jnp.asarray(dt, jnp.float32)
@@ -119,6 +123,7 @@ def ode_solve(v, z0: jax.Array, t_grid: np.ndarray, dt: np.ndarray, solver: str 
 
     else:
         raise ValueError(f"unknown solver {solver!r} (euler or heun)")
+
     def step_with_progress(z, xs):
         t, i = xs
         z, _ = step(z, t)

@@ -84,7 +84,9 @@ def _append(state: SamplingState, logits, cache, opts: DecodeOptions, temperatur
         last_token=tok,
         next_pos=state.next_pos,
         tokens=jax.lax.dynamic_update_slice(state.tokens, tok[:, None], (0, state.step)),
-        logits=jax.lax.dynamic_update_slice(state.logits, logits[:, None].astype(state.logits.dtype), (0, state.step, 0)),
+        logits=jax.lax.dynamic_update_slice(
+            state.logits, logits[:, None].astype(state.logits.dtype), (0, state.step, 0)
+        ),
         cache=cache,
         key=state.key,
     )
