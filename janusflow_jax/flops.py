@@ -7,6 +7,8 @@ causal pairs within a new block, plus every cached key before it.
 
 from __future__ import annotations
 
+import time
+
 from janusflow_jax.config import JanusFlowConfig, LlamaConfig, SiglipConfig, VaeConfig
 
 
@@ -93,3 +95,20 @@ def vae_decode_flops(cfg: VaeConfig, latent_side: int, images: int) -> float:
 
 def mfu(flops: float, seconds: float, peak_flops_per_s: float, devices: int = 1) -> float:
     return flops / seconds / (peak_flops_per_s * devices)
+
+
+def matmul_peak(dtype: str, n: int | None = None, repeats: int = 5) -> float:
+    """Best FLOP/s of a jitted square matmul chain on the default device."""
+    import jax
+    import jax.numpy as jnp
+
+    n = n or (1024 if jax.default_backend() == "cpu" else 8192)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
+    f = jax.jit(lambda x: x @ x @ x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 3 * 2 * n**3 / best

@@ -18,24 +18,9 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def matmul_peak(dtype: str, n: int | None = None, repeats: int = 5) -> float:
-    """Best FLOP/s of a jitted square matmul chain on the default device."""
-    n = n or (1024 if jax.default_backend() == "cpu" else 8192)
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
-    f = jax.jit(lambda x: x @ x @ x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 3 * 2 * n**3 / best
 
 
 def timed(fn, repeats: int):
@@ -76,7 +61,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     model = JanusFlowModel.init(cfg, vae_cfg, seed=0, pad_id=258, eos_id=-1)
     print(f"init: {time.perf_counter() - t:.1f}s")
-    peak = matmul_peak(args.dtype)
+    peak = flops.matmul_peak(args.dtype)
     print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s")
     out = {"device": dev.device_kind, "peak_flops": peak}
 

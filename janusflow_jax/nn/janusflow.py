@@ -93,13 +93,17 @@ class JanusFlow(nnx.Module):
         z: jax.Array,
         t1000: jax.Array,
         cache: KVCache | None = None,
-    ) -> jax.Array:
+        *,
+        capture_layer: int | None = None,
+    ):
         """Velocity of each row for latents z `[R,H,W,4]` at time t1000 `[R]`.
 
         Without a cache, `prefix_embeds` `[R,P,D]` (the prompt without its last tag token) and
         `prefix_mask` `[R,P]` are recomputed (the official behaviour); with `cache` holding that
         prefix (read-only), only `[t_emb, image tokens]` run through the LLM. `positions` `[R, P+1+N]` are the
         RoPE positions of the prefix, the t_emb token and the image tokens.
+
+        With `capture_layer=k` (training, REPA) returns `(v, layer-k states of the image tokens [R,N,D])`.
         """
         x_emb, t_emb, skip = self.gen_encode(z, t1000)
         tokens = self.gen_tokens(x_emb)
@@ -109,8 +113,11 @@ class JanusFlow(nnx.Module):
         if cache is None:
             embeds = jnp.concatenate([prefix_embeds.astype(self.dtype), new], axis=1)
             mask = jnp.concatenate([prefix_mask.astype(jnp.bool_), new_mask], axis=1)
-            hidden, _, _ = self.language_model.model(embeds, positions, mask)
+            hidden, _, captured = self.language_model.model(embeds, positions, mask, capture_layer=capture_layer)
         else:
-            hidden, _, _ = self.language_model.model(new, positions[:, -(n + 1) :], new_mask, prefix=cache)
+            hidden, _, captured = self.language_model.model(
+                new, positions[:, -(n + 1) :], new_mask, prefix=cache, capture_layer=capture_layer
+            )
         x = self.gen_decoder_input(hidden[:, -n:], x_emb.shape[1])
-        return self.gen_decode(x, skip, t_emb)
+        v = self.gen_decode(x, skip, t_emb)
+        return v if capture_layer is None else (v, captured[:, -n:])

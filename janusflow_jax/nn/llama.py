@@ -218,6 +218,7 @@ class LlamaModel(nnx.Module):
         prefix: KVCache | None = None,
         return_kv: bool = False,
         collect_hidden: bool = False,
+        capture_layer: int | None = None,
     ):
         """inputs_embeds `[B,T,D]`, positions `[B,T]` int (RoPE), attention_mask `[B,T]` (1 = visible key).
 
@@ -229,7 +230,8 @@ class LlamaModel(nnx.Module):
           * `prefix=`: the inputs attend to a read-only cached prefix plus causally among themselves;
             the prefix is not modified (the ODE steps of image generation).
         Returns `(hidden [B,T,D] after the final norm, new cache | (k, v) | None, per-layer outputs
-        [L,B,T,D] | None)`.
+        [L,B,T,D] | None)`; with `capture_layer=k` the third item is instead the output of the k-th
+        layer `[B,T,D]` (k = 1 … L, before the final norm: transformers' `hidden_states[k]`).
         """
         cfg = self.cfg
         dt = as_dtype(cfg.dtype)
@@ -243,8 +245,9 @@ class LlamaModel(nnx.Module):
         if cache is not None:  # decoding: the cache is a read-only prefix, then the new K/V are written once
             prefix, return_kv = cache, True
 
-        def body(x, xs):
-            state, pre = xs
+        def body(carry, xs):
+            x, captured = carry
+            state, pre, index = xs
 
             def attend(q, k, v):
                 pfx = None if pre is None else (pre[0], pre[1], prefix.mask)
@@ -252,10 +255,20 @@ class LlamaModel(nnx.Module):
                 return o, ((k, v) if return_kv else None)
 
             x, kv = nnx.merge(graphdef, state)(x, cos, sin, attend)
-            return x, (kv, x if collect_hidden else None)
+            if capture_layer is not None:
+                captured = jnp.where(index == capture_layer - 1, x, captured)
+            return (x, captured), (kv, x if collect_hidden else None)
 
+        if capture_layer is not None and not 1 <= capture_layer <= cfg.num_hidden_layers:
+            raise ValueError(f"capture_layer must be in 1..{cfg.num_hidden_layers}, got {capture_layer}")
         pre = None if prefix is None else (prefix.k, prefix.v)
-        x, (extra, per_layer) = jax.lax.scan(maybe_remat(body, cfg.remat), x, (layer_state, pre))
+        captured = jnp.zeros_like(x) if capture_layer is not None else None
+        index = jnp.arange(cfg.num_hidden_layers)
+        (x, captured), (extra, per_layer) = jax.lax.scan(
+            maybe_remat(body, cfg.remat), (x, captured), (layer_state, pre, index)
+        )
+        if capture_layer is not None:
+            per_layer = captured
         if cache is not None:
             k_new, v_new = extra
             at = (0, 0, cache.end_index, 0, 0)

@@ -1,0 +1,380 @@
+"""The training input pipeline: Grain reading of the three data kinds into fixed-shape numpy batches.
+
+Ordering contract (what makes multi-host runs and resumption exact). Per kind there is one
+deterministic infinite stream: epochs of the source, epoch e a permutation of the source drawn from
+(seed, kind, e) (Grain's index shuffle). The GLOBAL batch at step s takes the stream elements
+`[s·B, (s+1)·B)` of that kind (B = `mix.<kind>`); process p of P takes the contiguous slice
+`[s·B + p·B/P, s·B + (p+1)·B/P)`, so the P process batches concatenated in process order are the
+single-process batch. A bad record met at read time (undecodable image, empty text, a sequence over
+its length budget) is replaced by the next good record of the source in index order (index+1,
+index+2, … modulo its length) — a rule that depends only on the record, not on the process layout —
+and counted in `TrainLoader.skipped` (one `DataWarning` per kind).
+
+Everything is a pure function of (seed, position), so the checkpoint state is just the next stream
+position per kind (plus counters); `set_state` on any loader restores the exact position whatever
+was prefetched.
+
+Batch layout (numpy; a kind with 0 rows is absent; b = mix.<kind> // process_count):
+  gen:  prompt_ids int32 [b, gen_prompt_len] (left-padded with pad_id; the tokenised
+        `generation_prompt(caption)`, ending with the image start tag), prompt_mask int32,
+        image uint8 [b, gen_image_size, gen_image_size, 3] (short side resized bicubic, centre crop)
+  und:  ids int32 [b, und_len] (right-padded: understanding prompt with the image slots expanded,
+        " answer" tokens, EOS), mask int32, loss_mask float32 (answer tokens and EOS),
+        pixel_values float32 [b, S, S, 3] (`processor.preprocess_image`), images_seq_mask bool
+        (image start tag + num_image_tokens slots)
+  text: ids int32 [b, text_len] (right-padded: BOS text EOS), mask int32, loss_mask float32 (all
+        real tokens but BOS)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import sys
+import warnings
+from collections.abc import Sequence
+
+import grain
+import numpy as np
+from PIL import Image
+
+from janusflow_jax import processing
+
+KINDS = ("gen", "und", "text")
+_KIND_CODE = {"gen": 1, "und": 2, "text": 3}
+STATE_VERSION = 1
+
+
+class DataError(ValueError):
+    """Unusable training data or loader configuration (the message names the path / kind)."""
+
+
+class DataWarning(UserWarning):
+    """Bad records were skipped (build time or read time)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MixSpec:
+    """Rows of each kind per GLOBAL batch; 0 = kind absent."""
+
+    gen: int = 0
+    und: int = 0
+    text: int = 0
+
+    def __post_init__(self):
+        for k in KINDS:
+            v = getattr(self, k)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+                raise DataError(f"MixSpec.{k} must be a non-negative int, got {v!r}")
+
+
+class _Bad(Exception):
+    """A record that cannot be used (message = reason)."""
+
+
+def _as_text(rec: dict, key: str) -> str:
+    if key not in rec:
+        raise _Bad(f"no {key!r} field")
+    v = rec[key]
+    if isinstance(v, np.ndarray) and v.shape == ():
+        v = v.item()
+    if isinstance(v, (bytes, np.bytes_)):
+        try:
+            v = bytes(v).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Bad(f"{key!r} is not UTF-8") from None
+    if not isinstance(v, str):
+        raise _Bad(f"{key!r} is not text ({type(v).__name__})")
+    v = v.strip()
+    if not v:
+        raise _Bad(f"empty {key!r}")
+    return v
+
+
+def _as_image(rec: dict) -> Image.Image:
+    """The record's image (encoded bytes, uint8 HWC array or PIL image) as a loaded RGB PIL image."""
+    if "image" not in rec:
+        raise _Bad("no 'image' field")
+    v = rec["image"]
+    if isinstance(v, np.ndarray) and v.shape == () and v.dtype == object:
+        v = v.item()
+    try:
+        if isinstance(v, Image.Image):
+            return v.convert("RGB")
+        if isinstance(v, np.ndarray):
+            if v.dtype != np.uint8 or v.ndim not in (2, 3) or 0 in v.shape:
+                raise ValueError(f"array of {v.dtype} {v.shape}")
+            return Image.fromarray(v).convert("RGB")
+        with Image.open(io.BytesIO(bytes(v))) as im:
+            return im.convert("RGB")  # forces the full decode
+    except Exception as e:  # PIL raises many types for corrupt data
+        raise _Bad(f"undecodable image ({type(e).__name__}: {e})") from None
+
+
+def resize_center_crop(image, size: int) -> np.ndarray:
+    """RGB PIL image or uint8 HWC array → uint8 `[size, size, 3]`: bicubic resize so the SHORT side is
+    `size` (aspect kept, rounded), then the centred square crop (left/top offset rounded down)."""
+    im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
+    im = im.convert("RGB")
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+    x = np.asarray(im, np.uint8)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.ascontiguousarray(x[top : top + size, left : left + size])
+
+
+class _Encoder:
+    """Record → fixed-shape arrays of one row, for each kind (raises _Bad for an unusable record)."""
+
+    def __init__(self, processor, *, gen_image_size: int, gen_prompt_len: int, und_len: int, text_len: int):
+        self.p = processor
+        self.gen_image_size = gen_image_size
+        self.gen_prompt_len = gen_prompt_len
+        self.und_len = und_len
+        self.text_len = text_len
+
+    def gen(self, rec: dict) -> dict:
+        p = self.p
+        ids = p.encode(p.generation_prompt(_as_text(rec, "caption")))
+        L = self.gen_prompt_len
+        if len(ids) > L:
+            raise _Bad(f"generation prompt of {len(ids)} tokens > gen_prompt_len {L}")
+        prompt = np.full((L,), p.pad_id, np.int32)
+        mask = np.zeros((L,), np.int32)
+        prompt[L - len(ids) :] = ids
+        mask[L - len(ids) :] = 1
+        return {
+            "prompt_ids": prompt,
+            "prompt_mask": mask,
+            "image": resize_center_crop(_as_image(rec), self.gen_image_size),
+        }
+
+    def und(self, rec: dict) -> dict:
+        p = self.p
+        question, answer = _as_text(rec, "question"), _as_text(rec, "answer")
+        prompt = p._expand(p.encode(processing.sft_prompt(p.understanding_conversation(question))))
+        if prompt.count(p.image_start_id) != 1:
+            raise _Bad("the question holds an image tag")
+        # The official template writes "Assistant: answer<eos>"; the prompt ends at "Assistant:".
+        ans = p.tokenizer.encode(" " + answer, add_special_tokens=False).ids
+        if any(t in (p.image_id, p.image_start_id, p.image_end_id) for t in ans):
+            raise _Bad("the answer holds an image tag")
+        seq = prompt + ans + [p.eos_id]
+        L = self.und_len
+        if len(seq) > L:
+            raise _Bad(f"understanding sequence of {len(seq)} tokens > und_len {L}")
+        ids = np.full((L,), p.pad_id, np.int32)
+        ids[: len(seq)] = seq
+        mask = np.zeros((L,), np.int32)
+        mask[: len(seq)] = 1
+        loss = np.zeros((L,), np.float32)
+        loss[len(prompt) : len(seq)] = 1.0
+        seq_mask = np.zeros((L,), bool)
+        start = prompt.index(p.image_start_id)
+        seq_mask[start : start + 1 + p.num_image_tokens] = True
+        pixels = p.preprocess_image(np.asarray(_as_image(rec), np.uint8)).astype(np.float32)
+        return {"ids": ids, "mask": mask, "loss_mask": loss, "pixel_values": pixels, "images_seq_mask": seq_mask}
+
+    def text(self, rec: dict) -> dict:
+        p = self.p
+        seq = p.encode(_as_text(rec, "text")) + [p.eos_id]
+        L = self.text_len
+        if len(seq) > L:
+            raise _Bad(f"text of {len(seq)} tokens > text_len {L}")
+        ids = np.full((L,), p.pad_id, np.int32)
+        ids[: len(seq)] = seq
+        mask = np.zeros((L,), np.int32)
+        mask[: len(seq)] = 1
+        loss = mask.astype(np.float32)
+        loss[0] = 0.0
+        return {"ids": ids, "mask": mask, "loss_mask": loss}
+
+
+def _kind_seed(seed: int, kind: str) -> int:
+    """A 32-bit shuffle seed per (seed, kind); Grain then uses seed + epoch for epoch `epoch`."""
+    return int(np.random.SeedSequence([int(seed) % 2**64, _KIND_CODE[kind]]).generate_state(1)[0])
+
+
+def _record_id(rec, idx: int) -> str:
+    try:
+        v = rec.get("id")
+        v = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+        return f"{v!s} (index {idx})" if v else f"index {idx}"
+    except Exception:
+        return f"index {idx}"
+
+
+class TrainLoader:
+    """Deterministic, sharded, checkpointable iterator of training batches (see the module docstring).
+
+    Sources: random-access (`__len__`/`__getitem__` → feature dicts), e.g.
+    `builders.build(...).as_data_source()["train"]`, or a plain list of dicts. Fields: gen
+    {"image", "caption"}, und {"image", "question", "answer"}, text {"text"}; text may be bytes or
+    str, an image encoded bytes, a uint8 HWC array or a PIL image.
+    """
+
+    def __init__(
+        self,
+        *,
+        processor,
+        gen_source=None,
+        und_source=None,
+        text_source=None,
+        mix: MixSpec,
+        gen_image_size: int,
+        gen_prompt_len: int,
+        und_len: int,
+        text_len: int,
+        seed: int,
+        process_index: int = 0,
+        process_count: int = 1,
+        num_threads: int = 2,
+    ):
+        if not isinstance(mix, MixSpec):
+            raise DataError(f"mix must be a MixSpec, got {type(mix).__name__}")
+        if process_count < 1 or not 0 <= process_index < process_count:
+            raise DataError(f"process_index {process_index} out of range for process_count {process_count}")
+        for name, v in dict(
+            gen_image_size=gen_image_size, gen_prompt_len=gen_prompt_len, und_len=und_len, text_len=text_len
+        ).items():
+            if int(v) < 1:
+                raise DataError(f"{name} must be positive, got {v}")
+        sources = {"gen": gen_source, "und": und_source, "text": text_source}
+        self.kinds = tuple(k for k in KINDS if getattr(mix, k) > 0)
+        if not self.kinds:
+            raise DataError("MixSpec has no rows of any kind")
+        self.mix = mix
+        self.seed = int(seed)
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        self._global = {k: int(getattr(mix, k)) for k in self.kinds}
+        self._local = {}
+        self._sources = {}
+        for k in self.kinds:
+            if self._global[k] % self.process_count:
+                raise DataError(f"mix.{k} = {self._global[k]} is not divisible by process_count {self.process_count}")
+            self._local[k] = self._global[k] // self.process_count
+            src = sources[k]
+            if src is None:
+                raise DataError(f"mix.{k} = {self._global[k]} but no {k}_source was given")
+            if len(src) == 0:
+                raise DataError(f"{k}_source is empty")
+            self._sources[k] = src
+        enc = _Encoder(
+            processor, gen_image_size=int(gen_image_size), gen_prompt_len=int(gen_prompt_len),
+            und_len=int(und_len), text_len=int(text_len),
+        )  # fmt: skip
+        self._encode = {k: getattr(enc, k) for k in self.kinds}
+        # position in the stream → source index: epochs of Grain index-shuffles (seed + epoch per epoch)
+        self._order = {
+            k: grain.MapDataset.range(len(self._sources[k])).shuffle(seed=_kind_seed(self.seed, k)).repeat()
+            for k in self.kinds
+        }
+        self._slots = [(k, o) for k in self.kinds for o in range(self._local[k])]
+        self._threads = max(0, int(num_threads))
+        self._known_bad = {k: {} for k in self.kinds}  # source index → reason (a cache; results don't depend on it)
+        self._warned: set[str] = set()
+        self.skipped: dict[str, int] = {k: 0 for k in KINDS}
+        self._position = {k: 0 for k in self.kinds}  # next GLOBAL stream element per kind
+        self._steps = 0  # batches delivered since the start (informational)
+        self._it = None
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def _element(self, base: dict, e: int):
+        """Element e of this process's slot stream (from `base`): (kind, row arrays, skips, first reason)."""
+        s, r = divmod(e, len(self._slots))
+        k, o = self._slots[r]
+        g = base[k] + s * self._global[k] + self.process_index * self._local[k] + o
+        src, bad, n = self._sources[k], self._known_bad[k], len(self._sources[k])
+        start = int(self._order[k][g])
+        skips, first = 0, None
+        for j in range(n):
+            idx = (start + j) % n
+            reason = bad.get(idx)
+            if reason is None:
+                rec = src[idx]
+                try:
+                    return k, self._encode[k](rec), skips, first
+                except _Bad as err:
+                    reason = bad[idx] = f"{_record_id(rec, idx)}: {err}"
+            skips += 1
+            first = first or reason
+        raise DataError(f"no usable {k} record in the whole {k}_source ({n} records; e.g. {first})")
+
+    def _collate(self, elems: Sequence[tuple]) -> tuple[dict, dict, dict]:
+        batch, skips, first = {}, {}, {}
+        for k in self.kinds:
+            rows = [el for el in elems if el[0] == k]  # slot order = row order
+            batch[k] = {f: np.stack([r[1][f] for r in rows]) for f in rows[0][1]}
+            skips[k] = sum(r[2] for r in rows)
+            first[k] = next((r[3] for r in rows if r[3]), None)
+        return batch, skips, first
+
+    def _make_iter(self):
+        n_slots = len(self._slots)
+        base = dict(self._position)  # frozen for this iterator (a later set_state builds a new one)
+        read = grain.ReadOptions(num_threads=self._threads, prefetch_buffer_size=2 * n_slots if self._threads else 0)
+        ds = (
+            grain.MapDataset.range(0, sys.maxsize)
+            .map(functools.partial(self._element, base))
+            .to_iter_dataset(read)
+            .batch(n_slots, batch_fn=self._collate)
+        )
+        return iter(ds)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self._it is None:
+            self._it = self._make_iter()
+        batch, skips, first = next(self._it)
+        for k in self.kinds:
+            self._position[k] += self._global[k]
+            if skips[k]:
+                self.skipped[k] += skips[k]
+                if k not in self._warned:
+                    self._warned.add(k)
+                    warnings.warn(
+                        f"TrainLoader: skipping bad {k} records (substituting the next good one); "
+                        f"first: {first[k]}; counts in TrainLoader.skipped",
+                        DataWarning,
+                        stacklevel=2,
+                    )
+        self._steps += 1
+        return batch
+
+    def close(self) -> None:
+        """Stops the reader threads (the loader can still be used: iteration restarts them)."""
+        it, self._it = self._it, None
+        if it is not None and hasattr(it, "close"):
+            it.close()
+
+    # --- checkpointing -----------------------------------------------------------------------
+
+    def get_state(self) -> dict:
+        """JSON-serialisable: the next GLOBAL stream position per kind (the same on every process)."""
+        return {
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "step": self._steps,
+            "position": dict(self._position),
+            "skipped": dict(self.skipped),
+        }
+
+    def set_state(self, state: dict) -> None:
+        """Resumes at `state`'s position (from any loader with the same seed and sources; the mix
+        and process layout may differ — positions are global stream offsets per kind)."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise DataError(f"unsupported loader state {state!r:.200}")
+        if int(state["seed"]) != self.seed:
+            raise DataError(f"loader state has seed {state['seed']}, this loader {self.seed}")
+        pos = state.get("position", {})
+        self.close()
+        self._position = {k: int(pos.get(k, 0)) for k in self.kinds}
+        self._steps = int(state.get("step", 0))
+        self.skipped = {k: int(state.get("skipped", {}).get(k, 0)) for k in KINDS}

@@ -1,0 +1,467 @@
+"""The training loop behind `janusflow-train`: model and data setup, sharded state, the jitted step,
+Orbax checkpoints with automatic resume, progress, metrics (JSONL + loss-curve PNG) and samples.
+
+Layout of `run.out_dir`:
+  checkpoints/<step>/   Orbax CheckpointManager items: state (params, optimizer, EMA, step, PRNG key),
+                        data (input-pipeline position), config (the TrainConfig as JSON)
+  metrics.jsonl         one line per logged step (process 0)
+  loss.png              loss curves, written at the end
+  samples/step_*.png    sample grids (process 0)
+  export/               a params checkpoint `janusflow_jax.load` and `janusflow-sample` read (EMA when kept)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from janusflow_jax import checkpoint, flops, images
+from janusflow_jax import config as config_lib
+from janusflow_jax.config import JanusFlowConfig, VaeConfig
+from janusflow_jax.sharding import make_mesh, use_mesh
+from janusflow_jax.training import objective
+from janusflow_jax.training import state as state_lib
+from janusflow_jax.training.config import TrainConfig
+from janusflow_jax.training.step import StepStatics, train_step
+
+
+class TrainError(RuntimeError):
+    """The run cannot go on (non-finite loss, incompatible checkpoint, …)."""
+
+
+def maybe_init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """`jax.distributed.initialize` when run as one of several processes (flags or JAX's env autodetection)."""
+    if coordinator or num_processes:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise TrainError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise TrainError(f"{path}: invalid JSON ({e})") from None
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+# fields that may change between a run and its resumption
+RESUMABLE_CHANGES = ("run.steps", "run.log_every", "run.save_every", "run.keep", "run.sample_every",
+                     "run.sample_prompts", "run.sample_steps", "run.sample_cfg", "run.async_save", "run.export_every",
+                     "data.num_threads", "model.init_from", "mesh.data", "mesh.fsdp", "mesh.tensor")
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, log: Callable[[str], None] | None = None):
+        self.cfg = cfg.validate()
+        self.pi, self.pc = jax.process_index(), jax.process_count()
+        self._log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.mesh = make_mesh(dataclasses.asdict(cfg.mesh))
+        self.out_dir = os.path.abspath(cfg.run.out_dir)
+        if self.pi == 0:
+            os.makedirs(self.out_dir, exist_ok=True)
+        self._setup_model()
+        self._setup_state()
+        self._setup_data()
+        self._setup_checkpoints()
+
+    def log(self, msg: str) -> None:
+        if self.pi == 0:
+            self._log(msg)
+
+    # --- model ------------------------------------------------------------------------------------
+
+    def _setup_model(self) -> None:
+        from janusflow_jax.model import load
+        from janusflow_jax.processing import Processor
+
+        m = self.cfg.model
+        loaded = None
+        if m.init_from:
+            t = time.perf_counter()
+            loaded = load(m.init_from, vae_path=m.vae_from, dtype="float32", mesh=self.mesh)
+            base_cfg, vae_cfg = loaded.cfg, loaded.vae_cfg
+            self.log(f"loaded initial weights from {m.init_from} in {time.perf_counter() - t:.1f}s")
+        else:
+            base_cfg = config_lib.from_official_json(_read_json(m.config))
+            vae_cfg = VaeConfig.from_diffusers(_read_json(m.vae_config))
+        self.processor_dir = m.processor or (loaded.processor_dir if loaded is not None else None)
+        if self.processor_dir is None:
+            raise TrainError("model.processor: a folder with the tokenizer/processor files is needed")
+        self.processor = Processor.from_pretrained(self.processor_dir)
+        self.model_cfg: JanusFlowConfig = base_cfg.with_dtype(m.dtype, param_dtype="float32").with_remat(m.remat)
+        self.vae_cfg: VaeConfig = dataclasses.replace(vae_cfg, dtype="float32", param_dtype="float32")
+        proc = self.processor
+        mean = tuple(float(x) for x in proc.image_mean) if proc.do_normalize and proc.image_mean is not None else (0.0,) * 3
+        std = tuple(float(x) for x in proc.image_std) if proc.do_normalize and proc.image_std is not None else (1.0,) * 3
+        self.ocfg = dataclasses.replace(self.cfg.loss, und_mean=mean, und_std=std, und_image_size=proc.image_size)
+        if self.ocfg.repa_weight > 0 and not 1 <= self.ocfg.repa_layer <= self.model_cfg.llm.num_hidden_layers:
+            raise TrainError(f"loss.repa_layer must be in 1..{self.model_cfg.llm.num_hidden_layers}")
+        side = self.model_cfg.latent_size(self.vae_cfg)
+        self.latent_shape = (side, side, self.vae_cfg.latent_channels)
+        self.num_gen_tokens = self.model_cfg.num_gen_tokens(self.vae_cfg)
+        with use_mesh(self.mesh):
+            self.abstract = nnx.eval_shape(
+                lambda: objective.TrainModules(self.model_cfg, self.vae_cfg, self.ocfg, rngs=nnx.Rngs(0))
+            )
+        self.graphdef, _ = nnx.split(self.abstract, nnx.Param)
+        self.p_shard = state_lib.param_shardings(self.abstract, self.mesh)
+        self._loaded = loaded
+
+    def _init_params(self) -> dict:
+        """Random init (only of what was not loaded), created directly sharded."""
+        seed = self.cfg.model.init_seed
+
+        def make():
+            mods = objective.TrainModules(self.model_cfg, self.vae_cfg, self.ocfg, rngs=nnx.Rngs(seed))
+            return nnx.to_pure_dict(nnx.split(mods, nnx.Param)[1])
+
+        loaded = self._loaded
+        want = [k for k in self.p_shard if loaded is None or k == "repa"]
+        with use_mesh(self.mesh):
+            fresh = jax.jit(lambda: {k: make()[k] for k in want}, out_shardings={k: self.p_shard[k] for k in want})()
+        params = dict(fresh)
+        if loaded is not None:
+            params["janusflow"] = nnx.to_pure_dict(loaded.params)
+            params["vae"] = nnx.to_pure_dict(loaded.vae_params)
+            params = {k: params[k] for k in self.p_shard}
+            params = jax.tree.map(lambda x, s: jax.device_put(x.astype(jnp.float32), s), params, self.p_shard)
+            self._loaded = None  # free the loaded model object
+        return params
+
+    # --- state and step ---------------------------------------------------------------------------
+
+    def _setup_state(self) -> None:
+        o = self.cfg.optim
+        abstract_params = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            nnx.to_pure_dict(nnx.split(self.abstract, nnx.Param)[1]),
+            self.p_shard,
+        )
+        self.labels = state_lib.labels_for(abstract_params, self.cfg.stage)
+        self.tx = state_lib.make_optimizer(o, self.labels)
+        use_ema = o.ema_decay is not None
+        key = jax.random.key(self.cfg.run.seed)
+        abstract_state = jax.eval_shape(
+            lambda p: state_lib.init_state(p, self.tx, self.labels, key, use_ema), abstract_params
+        )
+        self.state_shardings = state_lib.state_shardings_for(abstract_state, self.p_shard, self.tx, self.mesh)
+        self.abstract_state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, self.state_shardings
+        )
+        self.statics = StepStatics(self.ocfg, self.latent_shape, self.num_gen_tokens, o.grad_accum, o.ema_decay)
+        n_train = sum(
+            math.prod(p.shape) for p, lab in zip(jax.tree.leaves(abstract_params), jax.tree.leaves(self.labels))
+            if lab == state_lib.TRAIN
+        )
+        n_all = sum(math.prod(p.shape) for p in jax.tree.leaves(abstract_params))
+        self.log(f"stage {self.cfg.stage}: {n_train / 1e6:.2f}M of {n_all / 1e6:.2f}M parameters train")
+
+    def _fresh_state(self) -> dict:
+        params = self._init_params()
+        use_ema = self.cfg.optim.ema_decay is not None
+        with use_mesh(self.mesh):
+            opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings["opt_state"])(params)
+        flat = state_lib.flat_params(params)
+        ema = {k: jnp.array(flat[k], copy=True) for k in state_lib.ema_keys(self.labels)} if use_ema else {}
+        rep = NamedSharding(self.mesh, P())
+        return {
+            "step": jax.device_put(jnp.zeros((), jnp.int32), rep),
+            "params": params,
+            "opt_state": opt_state,
+            "ema": ema,
+            "key": jax.device_put(jax.random.key_data(jax.random.key(self.cfg.run.seed)), rep),
+        }
+
+    def _batch_shardings(self, batch_np: dict) -> dict:
+        return jax.tree.map(
+            lambda x: NamedSharding(self.mesh, P(("data", "fsdp"), *([None] * (x.ndim - 1)))), batch_np
+        )
+
+    def _compile_step(self, batch_np: dict):
+        fn = functools.partial(train_step, self.graphdef, self.tx, self.labels, self.statics)
+        bs = self._batch_shardings(batch_np)
+        rep = NamedSharding(self.mesh, P())
+        self._bs = bs
+        self._step = jax.jit(
+            fn, in_shardings=(self.state_shardings, bs), out_shardings=(self.state_shardings, rep), donate_argnums=0
+        )
+
+    def global_batch(self, batch_np: dict) -> dict:
+        """This process's rows → global arrays sharded over (data, fsdp)."""
+        return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch_np, self._bs)
+
+    # --- data -------------------------------------------------------------------------------------
+
+    def _setup_data(self) -> None:
+        from janusflow_jax.training import data_sources
+
+        d = self.cfg.data
+        self.loader = data_sources.make_loader(
+            d,
+            processor=self.processor,
+            gen_image_size=self.model_cfg.gen_image_size,
+            seed=self.cfg.run.seed,
+            process_index=self.pi,
+            process_count=self.pc,
+            log=self.log,
+        )
+        mix = d.mix
+        self.tokens_per_step = (
+            mix.gen * (d.gen_prompt_len + self.num_gen_tokens) + mix.und * d.und_len + mix.text * d.text_len
+        )
+        c = self.model_cfg
+        side = self.latent_shape[0]
+        fwd_train = 0.0
+        fwd_frozen = 0.0
+        if mix.gen:
+            fwd_train += flops.gen_step_flops(c, mix.gen, side, d.gen_prompt_len, recompute=True)
+            if self.ocfg.repa_weight > 0:
+                fwd_frozen += flops.siglip_flops(c.siglip, mix.gen)
+        if mix.und:
+            fwd_train += flops.siglip_flops(c.siglip, mix.und)
+            fwd_train += flops.llm_flops(c.llm, mix.und, d.und_len, lm_head_tokens=d.und_len)
+        if mix.text:
+            fwd_train += flops.llm_flops(c.llm, mix.text, d.text_len, lm_head_tokens=d.text_len)
+        # model FLOPs: forward + backward (2× forward) of the networks the loss flows through, plus
+        # the forward of the frozen feature extractors (SigLIP for REPA); the VAE encoder is not counted
+        self.flops_per_step = 3.0 * fwd_train + fwd_frozen
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def _setup_checkpoints(self) -> None:
+        import orbax.checkpoint as ocp
+
+        r = self.cfg.run
+        self.ckpt_dir = os.path.join(self.out_dir, "checkpoints")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=r.keep, create=True, enable_async_checkpointing=r.async_save
+        )
+        self.mngr = ocp.CheckpointManager(self.ckpt_dir, options=options, item_names=("state", "data", "config"))
+
+    def save(self, state: dict, step: int) -> None:
+        import orbax.checkpoint as ocp
+
+        self.mngr.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(self.loader.get_state()),
+                config=ocp.args.JsonSave(self.cfg.to_dict()),
+            ),
+            force=True,
+        )
+
+    def restore_or_init(self) -> dict:
+        import orbax.checkpoint as ocp
+
+        latest = self.mngr.latest_step()
+        if latest is None:
+            self.log("no checkpoint found: starting from step 0")
+            return self._fresh_state()
+        t = time.perf_counter()
+        saved_cfg = self.mngr.restore(latest, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        changed = [k for k in _config_diff(saved_cfg, self.cfg.to_dict()) if k not in RESUMABLE_CHANGES]
+        if changed:
+            raise TrainError(
+                f"{self.ckpt_dir} holds a run with a different config ({', '.join(changed)}); "
+                "use another run.out_dir or the same settings"
+            )
+        out = self.mngr.restore(
+            latest,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(self.abstract_state), data=ocp.args.JsonRestore()),
+        )
+        self.loader.set_state(out["data"])
+        self.log(f"resumed from {self.ckpt_dir}/{latest} in {time.perf_counter() - t:.1f}s")
+        return out["state"]
+
+    # --- outputs ----------------------------------------------------------------------------------
+
+    def sampling_model(self, state: dict):
+        """A `JanusFlowModel` on the current weights (EMA where kept) for sample images / export."""
+        from janusflow_jax.model import JanusFlowModel, special_ids
+
+        params = state_lib.with_ema(state["params"], state["ema"]) if state["ema"] else state["params"]
+        jf_gd, jf_st = nnx.split(self.abstract.janusflow, nnx.Param)
+        vae_gd, vae_st = nnx.split(self.abstract.vae, nnx.Param)
+        nnx.replace_by_pure_dict(jf_st, params["janusflow"])
+        nnx.replace_by_pure_dict(vae_st, params["vae"])
+        return JanusFlowModel(
+            self.model_cfg, self.vae_cfg, jf_gd, jf_st, vae_gd, vae_st, mesh=self.mesh,
+            processor_dir=self.processor_dir, **special_ids(self.processor_dir),
+        )
+
+    def write_samples(self, state: dict, step: int) -> str | None:
+        r = self.cfg.run
+        if not r.sample_prompts:
+            return None
+        model = self.sampling_model(state)
+        imgs = model.generate_images(list(r.sample_prompts), num_steps=r.sample_steps, cfg_weight=r.sample_cfg, seed=0)
+        if self.pi != 0:
+            return None
+        path = os.path.join(self.out_dir, "samples", f"step_{step:07d}.png")
+        images.save_png(path, images.make_grid(np.asarray(imgs)))
+        self.log(f"wrote samples {path}")
+        return path
+
+    def export(self, state: dict, step: int) -> str | None:
+        """Params checkpoint (EMA when kept) that `janusflow_jax.load` / `janusflow-sample` read."""
+        if self.pc > 1:
+            self.log("export skipped in a multi-process run (sample from the checkpoint with one process)")
+            return None
+        params = state_lib.with_ema(state["params"], state["ema"]) if state["ema"] else state["params"]
+        host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), {"janusflow": params["janusflow"], "vae": params["vae"]})
+        meta = {
+            "config": self.model_cfg.official,
+            "vae_config": self.vae_cfg.to_diffusers(),
+            "dtype": "float32",
+            "trained_steps": int(step),
+            "stage": self.cfg.stage,
+            "ema": bool(state["ema"]),
+            "num_params": int(sum(x.size for x in jax.tree.leaves(host))),
+        }
+        extra = {
+            n: os.path.join(self.processor_dir, n)
+            for n in checkpoint.PROCESSOR_FILES
+            if os.path.isfile(os.path.join(self.processor_dir, n))
+        }
+        dest = os.path.join(self.out_dir, "export")
+        checkpoint.save_params(dest, host, meta, extra_files=extra, overwrite=True)
+        self.log(f"exported step {step} weights{' (EMA)' if state['ema'] else ''} to {dest}")
+        return dest
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        r = self.cfg.run
+        state = self.restore_or_init()
+        step = int(jax.device_get(state["step"]))
+        peak = flops.matmul_peak("bfloat16" if self.cfg.model.dtype == "bfloat16" else "float32")
+        ndev = self.mesh.size
+        self.log(
+            f"mesh {dict(self.mesh.shape)} on {ndev} {jax.devices()[0].platform} device(s), {self.pc} process(es); "
+            f"matmul peak {peak / 1e9:.1f} GFLOP/s per device; {self.flops_per_step / 1e9:.2f} GFLOP per step"
+        )
+        metrics_path = os.path.join(self.out_dir, "metrics.jsonl")
+        history: list[dict] = _read_history(metrics_path, step) if self.pi == 0 else []
+        last: dict[str, Any] = {}
+        t_start = time.perf_counter()
+        steps_done = 0
+        t_prev = None
+        while step < r.steps:
+            batch_np = next(self.loader)
+            if not hasattr(self, "_step"):
+                self._compile_step(batch_np)
+                self.log("compiling the train step …")
+            batch = self.global_batch(batch_np)
+            t0 = time.perf_counter()
+            state, m = self._step(state, batch)
+            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            t1 = time.perf_counter()
+            step += 1
+            if not all(math.isfinite(v) for v in m.values()):
+                bad = ", ".join(f"{k}={v}" for k, v in m.items() if not math.isfinite(v))
+                self.mngr.wait_until_finished()
+                raise TrainError(
+                    f"non-finite loss at step {step} ({bad}); stopped. The last good checkpoint is step "
+                    f"{self.mngr.latest_step()} in {self.ckpt_dir}"
+                )
+            dt = t1 - t0 if t_prev is None else t1 - t_prev
+            t_prev = t1
+            if steps_done == 0:
+                self.log(f"first step (compile + run) {t1 - t0:.1f}s")
+            steps_done += 1
+            m.update(
+                step=step,
+                step_time=dt,
+                tokens_per_s=self.tokens_per_step / dt,
+                mfu=flops.mfu(self.flops_per_step, dt, peak, ndev),
+                lr=float(state_lib.learning_rate(self.cfg.optim)(step - 1)),
+            )
+            last = m
+            if step % r.log_every == 0 or step == r.steps or steps_done == 1:
+                if self.pi == 0:
+                    history.append(m)
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(m) + "\n")
+                elapsed = time.perf_counter() - t_start
+                eta = (r.steps - step) * elapsed / steps_done
+                self.log(_progress_line(m, r.steps, eta))
+            if step % r.save_every == 0 or step == r.steps:
+                self.save(state, step)
+            if r.sample_every and step % r.sample_every == 0 and step != r.steps:
+                self.write_samples(state, step)
+            if r.export_every and step % r.export_every == 0 and step != r.steps:
+                self.export(state, step)
+        self.mngr.wait_until_finished()
+        if self.pi == 0 and history:
+            self.write_loss_curve(history)
+        if steps_done:
+            self.write_samples(state, step)
+            self.export(state, step)
+        self.state = state
+        return last
+
+    def write_loss_curve(self, history: list[dict]) -> str:
+        keys = [k for k in ("loss", "rf", "repa", "und", "text") if any(k in h for h in history)]
+        series = {k: [(h["step"], h[k]) for h in history if k in h] for k in keys}
+        path = os.path.join(self.out_dir, "loss.png")
+        images.plot_curves(path, series, title=f"janusflow-train stage {self.cfg.stage}: loss parts")
+        self.log(f"wrote {path}")
+        return path
+
+    def close(self) -> None:
+        self.mngr.wait_until_finished()
+        self.mngr.close()
+
+
+def _read_history(path: str, upto: int) -> list[dict]:
+    """Metrics already logged before a resume (the lines up to the resumed step)."""
+    out = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    h = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if h.get("step", 0) <= upto:
+                    out.append(h)
+        with open(path, "w") as f:  # drop lines of steps that will be redone
+            f.writelines(json.dumps(h) + "\n" for h in out)
+    return out
+
+
+def _progress_line(m: dict, total: int, eta: float) -> str:
+    frac = m["step"] / total
+    bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
+    parts = " ".join(f"{k} {m[k]:.4f}" for k in ("rf", "repa", "und", "text") if k in m)
+    return (
+        f"[{bar}] step {m['step']}/{total} loss {m['loss']:.4f} ({parts}) | {m['step_time']:.2f}s/step "
+        f"{m['tokens_per_s']:.0f} tok/s MFU {m['mfu']:.1%} | ETA {int(eta // 60)}m{int(eta % 60):02d}s"
+    )

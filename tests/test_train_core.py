@@ -1,0 +1,283 @@
+"""Training core: each loss against NumPy, the training forward against the (parity-tested) sampler,
+REPA's stop-gradient, stage freezing, gradient accumulation and sharded steps."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY_DIR, rel_err
+from flax import nnx
+
+from janusflow_jax import config as config_lib
+from janusflow_jax.sampling import image as image_sampling
+from janusflow_jax.sharding import make_mesh, use_mesh
+from janusflow_jax.training import losses, objective, state as S
+from janusflow_jax.training.step import StepStatics, train_step
+
+# --- the losses on hand-made inputs --------------------------------------------------------------
+
+
+def _np_log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_next_token_loss_matches_numpy_and_honours_mask():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 7, 11)).astype(np.float32)
+    ids = rng.integers(0, 11, (3, 7)).astype(np.int32)
+    mask = (rng.random((3, 7)) < 0.5).astype(np.float32)
+    s, n = losses.next_token_sum(jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(mask))
+    lp = _np_log_softmax(logits.astype(np.float64))
+    want = sum(-lp[b, i - 1, ids[b, i]] for b in range(3) for i in range(1, 7) if mask[b, i])
+    assert float(n) == mask[:, 1:].sum()
+    np.testing.assert_allclose(float(s), want, rtol=1e-5)
+    # a masked position's target does not matter
+    ids2 = ids.copy()
+    ids2[mask == 0] = (ids2[mask == 0] + 1) % 11
+    s2, _ = losses.next_token_sum(jnp.asarray(logits), jnp.asarray(ids2), jnp.asarray(mask))
+    assert float(s2) == pytest.approx(float(s), rel=1e-6)
+
+
+def test_rectified_flow_pair_and_squared_error():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 3, 3, 2)).astype(np.float32)
+    z0 = rng.normal(size=x.shape).astype(np.float32)
+    t = np.array([0.0, 0.25, 0.5, 1.0], np.float32)
+    zt, v = losses.rf_pair(jnp.asarray(x), jnp.asarray(z0), jnp.asarray(t))
+    tb = t[:, None, None, None]
+    np.testing.assert_allclose(np.asarray(zt), tb * x + (1 - tb) * z0, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(v), x - z0, rtol=1e-6)
+    pred = rng.normal(size=x.shape).astype(np.float32)
+    s, n = losses.squared_error_sum(jnp.asarray(pred), v)
+    np.testing.assert_allclose(float(s), ((pred - (x - z0)) ** 2).sum(), rtol=1e-5)
+    assert float(n) == x.size
+
+
+def test_logit_normal_times():
+    t = np.asarray(losses.sample_t(jax.random.key(0), 40000, mean=0.5, std=0.8))
+    assert t.min() > 0 and t.max() < 1
+    logit = np.log(t / (1 - t))
+    assert abs(logit.mean() - 0.5) < 0.02 and abs(logit.std() - 0.8) < 0.02
+    u = np.asarray(losses.sample_t(jax.random.key(1), 40000, kind="uniform"))
+    assert abs(u.mean() - 0.5) < 0.01
+    with pytest.raises(ValueError, match="unknown time distribution"):
+        losses.sample_t(jax.random.key(0), 3, kind="beta")
+
+
+def test_repa_cosine_and_grid_resize():
+    rng = np.random.default_rng(2)
+    p = rng.normal(size=(2, 16, 5)).astype(np.float32)
+    q = rng.normal(size=(2, 16, 5)).astype(np.float32)
+    s, n = losses.repa_sum(jnp.asarray(p), jnp.asarray(q))
+    cos = (p * q).sum(-1) / (np.linalg.norm(p, axis=-1) * np.linalg.norm(q, axis=-1))
+    np.testing.assert_allclose(float(s), -cos.sum(), rtol=1e-5)
+    assert float(n) == 32
+    # identical directions give −1 per token; the target gets no gradient
+    s1, _ = losses.repa_sum(jnp.asarray(p), jnp.asarray(3 * p))
+    assert float(s1) == pytest.approx(-32, rel=1e-5)
+    g = jax.grad(lambda qq: losses.repa_sum(jnp.asarray(p), qq)[0])(jnp.asarray(q))
+    assert float(jnp.abs(g).max()) == 0.0
+    # grid resize: same side is the identity; a constant grid stays constant; 4×4 → 2×2 averages
+    f = jnp.asarray(rng.normal(size=(1, 16, 3)).astype(np.float32))
+    assert losses.resize_tokens(f, 4) is f
+    c = losses.resize_tokens(jnp.ones((1, 16, 3)), 2)
+    np.testing.assert_allclose(np.asarray(c), 1.0, rtol=1e-6)
+    assert c.shape == (1, 4, 3)
+    with pytest.raises(ValueError, match="square"):
+        losses.resize_tokens(jnp.ones((1, 15, 3)), 2)
+
+
+def test_drop_condition_keeps_only_bos():
+    m = jnp.asarray([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 1]])
+    out = np.asarray(losses.drop_condition(m, jnp.asarray([True, True, False])))
+    np.testing.assert_array_equal(out, [[0, 0, 1, 0, 0], [1, 0, 0, 0, 0], [0, 1, 1, 1, 1]])
+
+
+# --- the training forward on the tiny fixture model ---------------------------------------------
+
+
+def _tiny(stage="1", repa_layer=1, **okw):
+    cfg = config_lib.load_official_config(str(TINY_DIR))
+    vcfg = config_lib.load_vae_config(str(TINY_DIR / "vae"))
+    ocfg = objective.ObjectiveConfig(repa_layer=repa_layer, repa_hidden=32, und_image_size=cfg.siglip.image_size, **okw)
+    with use_mesh(make_mesh()):
+        mods = objective.TrainModules(cfg, vcfg, ocfg, rngs=nnx.Rngs(0))
+    gd, params = nnx.split(mods, nnx.Param)
+    return cfg, vcfg, ocfg, gd, nnx.to_pure_dict(params)
+
+
+def _batch(cfg, rng, gen=4, und=2, text=2):
+    s, p = cfg.gen_image_size, cfg.siglip.num_patches
+    lu = 6 + p + 1 + 4
+    seq = np.zeros((und, lu), bool)
+    seq[:, 3 : 3 + p + 1] = True
+    lm = np.zeros((und, lu), np.float32)
+    lm[:, -4:] = 1
+    pm = np.ones((gen, 8), np.int32)
+    pm[0, :3] = 0  # a left-padded prompt
+    return {
+        "gen": {
+            "prompt_ids": rng.integers(1, 200, (gen, 8)).astype(np.int32),
+            "prompt_mask": pm,
+            "image": rng.integers(0, 256, (gen, s, s, 3)).astype(np.uint8),
+        },
+        "und": {
+            "ids": rng.integers(1, 200, (und, lu)).astype(np.int32),
+            "mask": np.ones((und, lu), np.int32),
+            "loss_mask": lm,
+            "pixel_values": rng.normal(size=(und, cfg.siglip.image_size, cfg.siglip.image_size, 3)).astype(np.float32),
+            "images_seq_mask": seq,
+        },
+        "text": {
+            "ids": rng.integers(1, 200, (text, 12)).astype(np.int32),
+            "mask": np.ones((text, 12), np.int32),
+            "loss_mask": np.ones((text, 12), np.float32),
+        },
+    }
+
+
+def test_training_velocity_equals_sampler_rows(tiny_model):
+    """A kept caption gives the sampler's conditional velocity, a dropped one its unconditional row."""
+    m = tiny_model
+    cfg, vcfg = m.cfg, m.vae_cfg
+    ocfg = objective.ObjectiveConfig(repa_weight=0.0, und_image_size=cfg.siglip.image_size)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(1, 200, (2, 7)).astype(np.int32)
+    mask = np.ones((2, 7), np.int32)
+    mask[1, :2] = 0
+    img = rng.integers(0, 256, (2, cfg.gen_image_size, cfg.gen_image_size, 3)).astype(np.uint8)
+    side = cfg.latent_size(vcfg)
+    d = {
+        "t": jnp.asarray([0.3, 0.3]),
+        "z0": jnp.asarray(rng.normal(size=(2, side, side, 4)).astype(np.float32)),
+        "eps": None,
+        "drop": jnp.asarray([False, True]),
+    }
+    with use_mesh(make_mesh()):
+        mods = nnx.eval_shape(lambda: objective.TrainModules(cfg, vcfg, ocfg, rngs=nnx.Rngs(0)))
+    gd, st = nnx.split(mods, nnx.Param)
+    nnx.replace_by_pure_dict(st, {"janusflow": nnx.to_pure_dict(m.params), "vae": nnx.to_pure_dict(m.vae_params)})
+    model = nnx.merge(gd, st)
+    gen = {"prompt_ids": jnp.asarray(ids), "prompt_mask": jnp.asarray(mask), "image": jnp.asarray(img)}
+    v, _, _, _ = objective.gen_forward(model, gen, d, ocfg, capture=False)
+    x = objective.encode_latents(model.vae, jnp.asarray(img), None)
+    zt, _ = losses.rf_pair(x, d["z0"], d["t"])
+    n = cfg.num_gen_tokens(vcfg)
+    cb = image_sampling.cfg_batch(ids, mask, n, pad_id=m.pad_id)
+    jf = model.janusflow
+    both = jf.velocity(jf.language_model.embed(cb.tokens), cb.mask, cb.positions, jnp.concatenate([zt, zt]), jnp.full((4,), 300.0))
+    v = np.asarray(v)
+    # float32 rounding only (the two calls batch 2 and 4 rows): max |Δ| / max |v| ≤ 1e-5
+    assert rel_err(v[0], both[0]) < 1e-5  # conditional row 0
+    assert rel_err(v[1], both[3]) < 1e-5  # unconditional row 1
+    assert np.abs(np.asarray(both[1]) - np.asarray(both[3])).max() > 1e-4  # dropping matters
+
+
+def _step_fn(gd, params, stage, ocfg, cfg, vcfg, *, accum=1, ema=None, lr=1e-3, eps=1e-8):
+    labels = S.labels_for(params, stage)
+    tx = S.make_optimizer(S.OptimConfig(lr=lr, eps=eps, ema_decay=ema, grad_accum=accum), labels)
+    side = cfg.latent_size(vcfg)
+    statics = StepStatics(ocfg, (side, side, vcfg.latent_channels), cfg.num_gen_tokens(vcfg), accum, ema)
+    return labels, tx, functools.partial(train_step, gd, tx, labels, statics)
+
+
+def test_repa_gradient_does_not_reach_siglip():
+    cfg, vcfg, ocfg, gd, params = _tiny(stage="3")
+    batch = _batch(cfg, np.random.default_rng(4), und=0, text=0)
+    batch = {"gen": batch["gen"]}
+    side = cfg.latent_size(vcfg)
+    d = objective.draw(jax.random.key(0), batch, (side, side, 4), ocfg)
+
+    def repa_only(p):
+        return objective.loss_sums(nnx.merge(gd, p), batch, d, ocfg)["repa"]
+
+    g = jax.grad(repa_only)(params)
+    sig = jax.tree.leaves(g["janusflow"]["vision_und_enc_model"])
+    assert sig and all(float(jnp.abs(x).max()) == 0.0 for x in sig)
+    assert float(jnp.abs(g["repa"]["fc1"]["kernel"]).max()) > 0
+    llm_q = g["janusflow"]["language_model"]["model"]["layers"]["self_attn"]["q_proj"]
+    assert float(jnp.abs(llm_q).max()) > 0  # REPA trains the LLM below the aligned layer
+
+
+def _leaves_equal(a, b) -> bool:
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_stage1_freezes_llm_and_siglip_without_optimizer_state():
+    cfg, vcfg, ocfg, gd, params = _tiny()
+    labels, tx, step = _step_fn(gd, params, "1", ocfg, cfg, vcfg, ema=0.9)
+    st = S.init_state(params, tx, labels, jax.random.key(0), ema=True)
+    before = jax.tree.map(np.asarray, params)
+    st2, m = jax.jit(step)(st, _batch(cfg, np.random.default_rng(5)))
+    after = st2["params"]
+    jf_b, jf_a = before["janusflow"], after["janusflow"]
+    for frozen in ("language_model", "vision_und_enc_model"):
+        assert _leaves_equal(jf_b[frozen], jf_a[frozen]), frozen
+    assert _leaves_equal(before["vae"], after["vae"])
+    for trained in ("vision_gen_enc_model", "vision_gen_dec_model", "vision_und_enc_aligner", "vision_gen_dec_aligner"):
+        assert not _leaves_equal(jf_b[trained], jf_a[trained]), trained
+    assert not _leaves_equal(before["repa"], after["repa"])
+    # optimizer state: Adam's two moments for the trainable leaves only
+    n_train = sum(x.size for x, lab in zip(jax.tree.leaves(params), jax.tree.leaves(labels)) if lab == S.TRAIN)
+    n_opt = sum(x.size for x in jax.tree.leaves(st2["opt_state"]) if x.ndim > 0 or x.dtype != jnp.int32)
+    assert n_opt == 2 * n_train
+    assert set(st2["ema"]) == set(S.ema_keys(labels)) and not any("language_model" in k for k in st2["ema"])
+    assert all(np.isfinite(float(v)) for v in m.values())
+
+
+def test_gradient_accumulation_matches_one_batch():
+    cfg, vcfg, ocfg, gd, params = _tiny(stage="2")
+    batch = _batch(cfg, np.random.default_rng(6))
+    outs = []
+    for accum in (1, 2):
+        # Adam's first step is lr·g/(|g|+eps): with eps=1e-8 a gradient that is float noise (~1e-9, e.g.
+        # unused embedding rows) maps to ±lr either way, so compare with an eps that keeps the update
+        # a smooth function of the gradient; the gradients themselves are compared through grad_norm.
+        labels, tx, step = _step_fn(gd, params, "2", ocfg, cfg, vcfg, accum=accum, eps=1e-3)
+        st = S.init_state(params, tx, labels, jax.random.key(0), ema=False)
+        outs.append(jax.jit(step)(st, batch))
+    (s1, m1), (s2, m2) = outs
+    for k in ("loss", "rf", "repa", "und", "text", "grad_norm"):
+        assert float(m2[k]) == pytest.approx(float(m1[k]), rel=1e-5, abs=1e-6), k
+    for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s2["params"])):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [{"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}, {"fsdp": 8}])
+def test_sharded_step_equals_single_device(shape):
+    cfg, vcfg, ocfg, gd, params = _tiny(stage="3")
+    batch = _batch(cfg, np.random.default_rng(7), gen=8, und=8, text=8)
+    labels, tx, step = _step_fn(gd, params, "3", ocfg, cfg, vcfg, ema=0.9)
+    st = S.init_state(params, tx, labels, jax.random.key(0), ema=True)
+    ref_state, ref_m = jax.jit(step)(jax.tree.map(jnp.copy, st), batch)
+
+    mesh = make_mesh(shape)
+    with use_mesh(mesh):
+        mods = nnx.eval_shape(lambda: objective.TrainModules(cfg, vcfg, ocfg, rngs=nnx.Rngs(0)))
+    p_shard = S.param_shardings(mods, mesh)
+    abstract = jax.eval_shape(lambda p: S.init_state(p, tx, labels, jax.random.key(0), True), params)
+    shardings = S.state_shardings_for(abstract, p_shard, tx, mesh)
+    spec = {k: v for k, v in mesh.shape.items()}
+    q = shardings["params"]["janusflow"]["language_model"]["model"]["layers"]["self_attn"]["q_proj"].spec
+    assert tuple(q) == (None, "fsdp", "tensor", None)
+    mu = shardings["opt_state"].inner_states["train"].inner_state[1][0].mu
+    assert mu["janusflow"]["vision_gen_enc_aligner"]["kernel"] == shardings["params"]["janusflow"]["vision_gen_enc_aligner"]["kernel"]
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    bs = jax.tree.map(lambda x: NamedSharding(mesh, P(("data", "fsdp"))), batch)
+    with use_mesh(mesh):
+        placed = jax.device_put(st, shardings)
+        f = jax.jit(step, in_shardings=(shardings, bs), out_shardings=(shardings, NamedSharding(mesh, P())))
+        new_state, m = f(placed, jax.device_put(batch, bs))
+    emb = new_state["params"]["janusflow"]["language_model"]["model"]["embed_tokens"]["embedding"]
+    assert emb.sharding.spec == shardings["params"]["janusflow"]["language_model"]["model"]["embed_tokens"]["embedding"].spec
+    assert spec
+    for k in ("loss", "rf", "repa", "und", "text"):
+        assert float(m[k]) == pytest.approx(float(ref_m[k]), rel=2e-5, abs=1e-6), k
+    for a, b in zip(jax.tree.leaves(ref_state["params"]), jax.tree.leaves(new_state["params"])):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=2e-6)
