@@ -612,3 +612,32 @@ def load(path: str | None = None, *, vae_path: str | None = None, dtype: str = "
     vae_dir = vae_path or os.path.join(path, "vae")
     cfg, vae_cfg, jf, vae = read_hf_folder(path, vae_dir, dtype=dtype)
     return JanusFlowModel.from_host_params(cfg, vae_cfg, jf, vae, mesh=mesh, processor_dir=path, **special_ids(path))
+
+
+def load_vae(path: str, *, dtype: str = "float32", mesh=None) -> tuple[VaeConfig, dict]:
+    """VAE config and params (nested dict) from a diffusers folder (`config.json` +
+    `diffusion_pytorch_model.safetensors`), a VAE checkpoint written by `janusflow-train` (stage vae),
+    or the VAE inside a full janusflow-jax checkpoint."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise LoadError(f"{path}: no such VAE checkpoint or folder")
+    mesh = mesh if mesh is not None else make_mesh()
+    if checkpoint.is_checkpoint(path):
+        meta = checkpoint.read_metadata(path)
+        vae_cfg = dataclasses.replace(VaeConfig.from_diffusers(meta["vae_config"]), dtype=dtype, param_dtype=dtype)
+        if meta.get("kind") == "vae":
+            with use_mesh(mesh):
+                vae_abs = nnx.eval_shape(lambda: AutoencoderKL(vae_cfg, rngs=nnx.Rngs(0)))
+            target = {"vae": _restore_target(vae_abs, mesh)}
+        else:
+            cfg = config_lib.from_official_json(meta["config"]).with_dtype(dtype)
+            jf_abs, vae_abs = abstract_modules(cfg, vae_cfg, mesh)
+            target = {"janusflow": _restore_target(jf_abs, mesh), "vae": _restore_target(vae_abs, mesh)}
+        return vae_cfg, checkpoint.restore_params(path, target)["vae"]
+    vae_cfg = dataclasses.replace(config_lib.load_vae_config(path), dtype=dtype, param_dtype=dtype)
+    with use_mesh(mesh):
+        vae_abs = nnx.eval_shape(lambda: AutoencoderKL(vae_cfg, rngs=nnx.Rngs(0)))
+    params = weights.load_safetensors_params(
+        find_weights(path, "diffusion_pytorch_model"), weights.param_targets(vae_abs), weights.VAE_RULES, weights.VAE_IGNORED
+    )
+    return vae_cfg, params

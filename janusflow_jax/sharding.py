@@ -71,12 +71,19 @@ def use_mesh(mesh: jax.sharding.Mesh | None = None):
 
 
 def logical_to_spec(names: Sequence[str | None]) -> P:
+    """PartitionSpec for logical axis names. A mesh axis shards at most one dimension: when an
+    earlier dimension already uses it (an activation [batch, seq, embed] puts "fsdp" in the batch
+    entry), later dimensions drop it, as MaxText's first-match rule resolution does."""
     rules = dict(LOGICAL_RULES)
-    out = []
+    out, used = [], set()
     for n in names:
         if n is not None and n not in rules:
             raise KeyError(f"logical axis {n!r} is not in LOGICAL_RULES")
-        out.append(rules.get(n) if n is not None else None)
+        entry = rules.get(n) if n is not None else None
+        axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        free = tuple(a for a in axes if a not in used)
+        used.update(free)
+        out.append(None if not free else free[0] if len(free) == 1 and isinstance(entry, str) else free)
     return P(*out)
 
 

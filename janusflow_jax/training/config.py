@@ -115,8 +115,17 @@ class TrainConfig:
                 raise TrainConfigError(f"data.mix.{kind} > 0 but data.{kind}.kind is not set")
             if getattr(mix, kind) % self.optim.grad_accum:
                 raise TrainConfigError(f"data.mix.{kind} must be divisible by optim.grad_accum")
-        if self.model.init_from is None and (self.model.config is None or self.model.vae_config is None):
-            raise TrainConfigError("model: give model.init_from, or model.config and model.vae_config")
+        if self.stage == "vae":
+            if mix.und or mix.text:
+                raise TrainConfigError("stage vae trains on images only: set data.mix.und and data.mix.text to 0")
+            if self.optim.grad_accum != 1:
+                raise TrainConfigError("stage vae does not support optim.grad_accum > 1")
+            if self.model.init_from is None and self.model.vae_config is None:
+                raise TrainConfigError("stage vae: give model.vae_config (diffusers config.json) or model.init_from")
+        elif self.model.init_from is None and self.model.config is None:
+            raise TrainConfigError("model: give model.init_from, or model.config (official config.json)")
+        elif self.model.init_from is None and self.model.vae_from is None:
+            raise TrainConfigError("model: a JanusFlow trained from scratch needs trained VAE weights (model.vae_from)")
         return self
 
 
@@ -161,6 +170,11 @@ def _coerce(value: Any, tp, where: str):
             raise TrainConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise TrainConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TrainConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -43,6 +43,8 @@ class ObjectiveConfig:
     und_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # SigLIP input normalisation (preprocessor)
     und_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     und_image_size: int = 384
+    kl_weight: float = 1e-6  # stage vae: KL(posterior ‖ N(0, I)) weight
+    edge_weight: float = 0.5  # stage vae: finite-difference (edge) L1 weight
 
 
 class RepaHead(nnx.Module):

@@ -38,6 +38,7 @@ STAGES: dict[str, tuple[str, ...]] = {
     "1": NEW_MODULES,
     "2": NEW_MODULES + LLM,
     "3": NEW_MODULES + LLM + SIGLIP,
+    "vae": (),  # `stage: vae` trains an AutoencoderKL alone (every leaf)
 }
 TRAIN, FROZEN = "train", "frozen"
 
@@ -70,6 +71,8 @@ def labels_for(params: dict, stage: str) -> dict:
     trainable = set(STAGES[stage])
 
     def one(path, _):
+        if stage == "vae":
+            return TRAIN
         names = [str(getattr(k, "key", k)) for k in path]
         if names[0] == "repa":
             return TRAIN

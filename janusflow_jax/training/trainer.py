@@ -31,12 +31,25 @@ from jax.sharding import PartitionSpec as P
 
 from janusflow_jax import checkpoint, flops, images
 from janusflow_jax import config as config_lib
-from janusflow_jax.config import JanusFlowConfig, VaeConfig
+from janusflow_jax.config import VaeConfig
+from janusflow_jax.nn.vae import AutoencoderKL
 from janusflow_jax.sharding import make_mesh, use_mesh
 from janusflow_jax.training import objective
 from janusflow_jax.training import state as state_lib
+from janusflow_jax.training import vae as vae_lib
 from janusflow_jax.training.config import TrainConfig
 from janusflow_jax.training.step import StepStatics, train_step
+
+
+def _fault(point: str, step: int) -> None:
+    """Fault injection for the kill/resume tests: `JANUSFLOW_TRAIN_FAULT=after_step:5` (or
+    `after_save:4`) SIGKILLs this process at that point — after step 5's update, or right after
+    step 4's checkpoint save was started (async write still in flight)."""
+    spec = os.environ.get("JANUSFLOW_TRAIN_FAULT")
+    if spec and spec == f"{point}:{step}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class TrainError(RuntimeError):
@@ -97,62 +110,94 @@ class Trainer:
     # --- model ------------------------------------------------------------------------------------
 
     def _setup_model(self) -> None:
-        from janusflow_jax.model import load
+        from janusflow_jax.model import load, load_vae
         from janusflow_jax.processing import Processor
 
         m = self.cfg.model
-        loaded = None
-        if m.init_from:
-            t = time.perf_counter()
-            loaded = load(m.init_from, vae_path=m.vae_from, dtype="float32", mesh=self.mesh)
-            base_cfg, vae_cfg = loaded.cfg, loaded.vae_cfg
-            self.log(f"loaded initial weights from {m.init_from} in {time.perf_counter() - t:.1f}s")
+        self.vae_mode = self.cfg.stage == "vae"
+        loaded, loaded_vae = None, None
+        t = time.perf_counter()
+        if self.vae_mode:
+            if m.init_from:
+                vae_cfg, loaded_vae = load_vae(m.init_from, mesh=self.mesh)
+            else:
+                vae_cfg = VaeConfig.from_diffusers(_read_json(m.vae_config))
+            base_cfg = None
         else:
-            base_cfg = config_lib.from_official_json(_read_json(m.config))
-            vae_cfg = VaeConfig.from_diffusers(_read_json(m.vae_config))
+            if m.init_from:
+                loaded = load(m.init_from, vae_path=None, dtype="float32", mesh=self.mesh)
+                base_cfg, vae_cfg = loaded.cfg, loaded.vae_cfg
+                loaded_vae = nnx.to_pure_dict(loaded.vae_params)
+            else:
+                base_cfg = config_lib.from_official_json(_read_json(m.config))
+            if m.vae_from:
+                vae_cfg, loaded_vae = load_vae(m.vae_from, mesh=self.mesh)
+        if m.init_from or m.vae_from:
+            self.log(f"loaded initial weights ({m.init_from or ''} {m.vae_from or ''}) in {time.perf_counter() - t:.1f}s")
         self.processor_dir = m.processor or (loaded.processor_dir if loaded is not None else None)
+        if self.processor_dir is None and m.init_from and os.path.isfile(os.path.join(m.init_from, "tokenizer.json")):
+            self.processor_dir = m.init_from
         if self.processor_dir is None:
             raise TrainError("model.processor: a folder with the tokenizer/processor files is needed")
         self.processor = Processor.from_pretrained(self.processor_dir)
-        self.model_cfg: JanusFlowConfig = base_cfg.with_dtype(m.dtype, param_dtype="float32").with_remat(m.remat)
         self.vae_cfg: VaeConfig = dataclasses.replace(vae_cfg, dtype="float32", param_dtype="float32")
-        proc = self.processor
-        mean = tuple(float(x) for x in proc.image_mean) if proc.do_normalize and proc.image_mean is not None else (0.0,) * 3
-        std = tuple(float(x) for x in proc.image_std) if proc.do_normalize and proc.image_std is not None else (1.0,) * 3
-        self.ocfg = dataclasses.replace(self.cfg.loss, und_mean=mean, und_std=std, und_image_size=proc.image_size)
-        if self.ocfg.repa_weight > 0 and not 1 <= self.ocfg.repa_layer <= self.model_cfg.llm.num_hidden_layers:
-            raise TrainError(f"loss.repa_layer must be in 1..{self.model_cfg.llm.num_hidden_layers}")
-        side = self.model_cfg.latent_size(self.vae_cfg)
-        self.latent_shape = (side, side, self.vae_cfg.latent_channels)
-        self.num_gen_tokens = self.model_cfg.num_gen_tokens(self.vae_cfg)
-        with use_mesh(self.mesh):
-            self.abstract = nnx.eval_shape(
-                lambda: objective.TrainModules(self.model_cfg, self.vae_cfg, self.ocfg, rngs=nnx.Rngs(0))
-            )
+        self._loaded, self._loaded_vae = loaded, loaded_vae
+        if self.vae_mode:
+            self.model_cfg = None
+            self.ocfg = self.cfg.loss
+            self.gen_image_size = int(self.vae_cfg.sample_size)
+            with use_mesh(self.mesh):
+                self.abstract = nnx.eval_shape(lambda: AutoencoderKL(self.vae_cfg, rngs=nnx.Rngs(0)))
+        else:
+            self.model_cfg = base_cfg.with_dtype(m.dtype, param_dtype="float32").with_remat(m.remat)
+            self.gen_image_size = self.model_cfg.gen_image_size
+            proc = self.processor
+            norm = proc.do_normalize and proc.image_mean is not None
+            mean = tuple(float(x) for x in proc.image_mean) if norm else (0.0,) * 3
+            std = tuple(float(x) for x in proc.image_std) if norm else (1.0,) * 3
+            self.ocfg = dataclasses.replace(self.cfg.loss, und_mean=mean, und_std=std, und_image_size=proc.image_size)
+            if self.ocfg.repa_weight > 0 and not 1 <= self.ocfg.repa_layer <= self.model_cfg.llm.num_hidden_layers:
+                raise TrainError(f"loss.repa_layer must be in 1..{self.model_cfg.llm.num_hidden_layers}")
+            side = self.model_cfg.latent_size(self.vae_cfg)
+            self.latent_shape = (side, side, self.vae_cfg.latent_channels)
+            self.num_gen_tokens = self.model_cfg.num_gen_tokens(self.vae_cfg)
+            with use_mesh(self.mesh):
+                self.abstract = nnx.eval_shape(
+                    lambda: objective.TrainModules(self.model_cfg, self.vae_cfg, self.ocfg, rngs=nnx.Rngs(0))
+                )
         self.graphdef, _ = nnx.split(self.abstract, nnx.Param)
         self.p_shard = state_lib.param_shardings(self.abstract, self.mesh)
-        self._loaded = loaded
+
+    def _make_modules(self, seed: int):
+        if self.vae_mode:
+            return AutoencoderKL(self.vae_cfg, rngs=nnx.Rngs(seed))
+        return objective.TrainModules(self.model_cfg, self.vae_cfg, self.ocfg, rngs=nnx.Rngs(seed))
 
     def _init_params(self) -> dict:
         """Random init (only of what was not loaded), created directly sharded."""
         seed = self.cfg.model.init_seed
 
         def make():
-            mods = objective.TrainModules(self.model_cfg, self.vae_cfg, self.ocfg, rngs=nnx.Rngs(seed))
-            return nnx.to_pure_dict(nnx.split(mods, nnx.Param)[1])
+            return nnx.to_pure_dict(nnx.split(self._make_modules(seed), nnx.Param)[1])
 
-        loaded = self._loaded
-        want = [k for k in self.p_shard if loaded is None or k == "repa"]
+        if self.vae_mode:
+            if self._loaded_vae is not None:
+                return jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, jnp.float32), s), self._loaded_vae, self.p_shard)
+            with use_mesh(self.mesh):
+                return jax.jit(make, out_shardings=self.p_shard)()
+        have = {}
+        if self._loaded is not None:
+            have["janusflow"] = nnx.to_pure_dict(self._loaded.params)
+        if self._loaded_vae is not None:
+            have["vae"] = self._loaded_vae
+        want = [k for k in self.p_shard if k not in have]
         with use_mesh(self.mesh):
             fresh = jax.jit(lambda: {k: make()[k] for k in want}, out_shardings={k: self.p_shard[k] for k in want})()
         params = dict(fresh)
-        if loaded is not None:
-            params["janusflow"] = nnx.to_pure_dict(loaded.params)
-            params["vae"] = nnx.to_pure_dict(loaded.vae_params)
-            params = {k: params[k] for k in self.p_shard}
-            params = jax.tree.map(lambda x, s: jax.device_put(x.astype(jnp.float32), s), params, self.p_shard)
-            self._loaded = None  # free the loaded model object
-        return params
+        for k, tree in have.items():
+            params[k] = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, jnp.float32), s), tree, self.p_shard[k])
+        self._loaded = self._loaded_vae = None  # free the loaded copies
+        return {k: params[k] for k in self.p_shard}
 
     # --- state and step ---------------------------------------------------------------------------
 
@@ -174,7 +219,10 @@ class Trainer:
         self.abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, self.state_shardings
         )
-        self.statics = StepStatics(self.ocfg, self.latent_shape, self.num_gen_tokens, o.grad_accum, o.ema_decay)
+        if self.vae_mode:
+            self.statics = vae_lib.VaeStatics(self.ocfg.kl_weight, self.ocfg.edge_weight, o.ema_decay)
+        else:
+            self.statics = StepStatics(self.ocfg, self.latent_shape, self.num_gen_tokens, o.grad_accum, o.ema_decay)
         n_train = sum(
             math.prod(p.shape) for p, lab in zip(jax.tree.leaves(abstract_params), jax.tree.leaves(self.labels))
             if lab == state_lib.TRAIN
@@ -204,7 +252,10 @@ class Trainer:
         )
 
     def _compile_step(self, batch_np: dict):
-        fn = functools.partial(train_step, self.graphdef, self.tx, self.labels, self.statics)
+        if self.vae_mode:
+            fn = functools.partial(vae_lib.vae_train_step, self.graphdef, self.tx, self.statics)
+        else:
+            fn = functools.partial(train_step, self.graphdef, self.tx, self.labels, self.statics)
         bs = self._batch_shardings(batch_np)
         rep = NamedSharding(self.mesh, P())
         self._bs = bs
@@ -225,13 +276,19 @@ class Trainer:
         self.loader = data_sources.make_loader(
             d,
             processor=self.processor,
-            gen_image_size=self.model_cfg.gen_image_size,
+            gen_image_size=self.gen_image_size,
             seed=self.cfg.run.seed,
             process_index=self.pi,
             process_count=self.pc,
             log=self.log,
         )
         mix = d.mix
+        if self.vae_mode:
+            lat = self.gen_image_size // self.vae_cfg.downsample_factor
+            self.tokens_per_step = mix.gen * lat * lat  # latent positions
+            enc_dec = 2 * flops.vae_decode_flops(self.vae_cfg, lat, mix.gen)  # encoder ≈ decoder
+            self.flops_per_step = 3.0 * enc_dec
+            return
         self.tokens_per_step = (
             mix.gen * (d.gen_prompt_len + self.num_gen_tokens) + mix.und * d.und_len + mix.text * d.text_len
         )
@@ -318,6 +375,8 @@ class Trainer:
 
     def write_samples(self, state: dict, step: int) -> str | None:
         r = self.cfg.run
+        if self.vae_mode:
+            return self._write_reconstructions(state, step)
         if not r.sample_prompts:
             return None
         model = self.sampling_model(state)
@@ -329,11 +388,48 @@ class Trainer:
         self.log(f"wrote samples {path}")
         return path
 
+    def _vae_module(self, state: dict):
+        params = state_lib.with_ema(state["params"], state["ema"]) if state["ema"] else state["params"]
+        return nnx.merge(self.graphdef, params)
+
+    def _probe_images(self, n_batches: int = 4) -> np.ndarray:
+        """Images of a few batches from a fresh loader (the training stream's start; same every time)."""
+        from janusflow_jax.training import data_sources
+
+        loader = data_sources.make_loader(self.cfg.data, processor=self.processor, gen_image_size=self.gen_image_size,
+                                          seed=self.cfg.run.seed, log=lambda m: None)
+        return np.concatenate([next(loader)["gen"]["image"] for _ in range(n_batches)])
+
+    def _write_reconstructions(self, state: dict, step: int) -> str | None:
+        if self.pc > 1:
+            return None
+        imgs = self._probe_images(1)[:8]
+        rec = np.asarray(jax.jit(vae_lib.reconstruct)(self._vae_module(state), jnp.asarray(imgs)))
+        path = os.path.join(self.out_dir, "samples", f"recon_{step:07d}.png")
+        images.save_png(path, images.make_grid(np.concatenate([imgs, rec]), cols=len(imgs)))
+        self.log(f"wrote reconstructions (top: input, bottom: output) {path}")
+        return path
+
+    def _export_vae(self, state: dict, step: int) -> str:
+        vae = self._vae_module(state)
+        scale = float(jax.jit(vae_lib.latent_scale)(vae, jnp.asarray(self._probe_images())))
+        vae_cfg = dataclasses.replace(self.vae_cfg, scaling_factor=scale)
+        params = state_lib.with_ema(state["params"], state["ema"]) if state["ema"] else state["params"]
+        host = {"vae": jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)}
+        meta = {"kind": "vae", "vae_config": vae_cfg.to_diffusers(), "dtype": "float32", "trained_steps": int(step),
+                "num_params": int(sum(x.size for x in jax.tree.leaves(host)))}
+        dest = os.path.join(self.out_dir, "export")
+        checkpoint.save_params(dest, host, meta, overwrite=True)
+        self.log(f"exported the VAE (scaling_factor {scale:.5f} = 1/std of the latents) to {dest}")
+        return dest
+
     def export(self, state: dict, step: int) -> str | None:
         """Params checkpoint (EMA when kept) that `janusflow_jax.load` / `janusflow-sample` read."""
         if self.pc > 1:
             self.log("export skipped in a multi-process run (sample from the checkpoint with one process)")
             return None
+        if self.vae_mode:
+            return self._export_vae(state, step)
         params = state_lib.with_ema(state["params"], state["ema"]) if state["ema"] else state["params"]
         host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), {"janusflow": params["janusflow"], "vae": params["vae"]})
         meta = {
@@ -412,8 +508,10 @@ class Trainer:
                 elapsed = time.perf_counter() - t_start
                 eta = (r.steps - step) * elapsed / steps_done
                 self.log(_progress_line(m, r.steps, eta))
+            _fault("after_step", step)
             if step % r.save_every == 0 or step == r.steps:
                 self.save(state, step)
+                _fault("after_save", step)
             if r.sample_every and step % r.sample_every == 0 and step != r.steps:
                 self.write_samples(state, step)
             if r.export_every and step % r.export_every == 0 and step != r.steps:
@@ -428,7 +526,7 @@ class Trainer:
         return last
 
     def write_loss_curve(self, history: list[dict]) -> str:
-        keys = [k for k in ("loss", "rf", "repa", "und", "text") if any(k in h for h in history)]
+        keys = [k for k in ("loss", "rf", "repa", "und", "text", "l1", "l2", "edge") if any(k in h for h in history)]
         series = {k: [(h["step"], h[k]) for h in history if k in h] for k in keys}
         path = os.path.join(self.out_dir, "loss.png")
         images.plot_curves(path, series, title=f"janusflow-train stage {self.cfg.stage}: loss parts")
@@ -460,7 +558,7 @@ def _read_history(path: str, upto: int) -> list[dict]:
 def _progress_line(m: dict, total: int, eta: float) -> str:
     frac = m["step"] / total
     bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
-    parts = " ".join(f"{k} {m[k]:.4f}" for k in ("rf", "repa", "und", "text") if k in m)
+    parts = " ".join(f"{k} {m[k]:.4f}" for k in ("rf", "repa", "und", "text", "l1", "edge", "kl") if k in m)
     return (
         f"[{bar}] step {m['step']}/{total} loss {m['loss']:.4f} ({parts}) | {m['step_time']:.2f}s/step "
         f"{m['tokens_per_s']:.0f} tok/s MFU {m['mfu']:.1%} | ETA {int(eta // 60)}m{int(eta % 60):02d}s"
