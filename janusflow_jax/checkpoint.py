@@ -134,6 +134,7 @@ def restore_params(path: str, target: dict[str, Any] | None = None) -> dict[str,
     dtype) places and casts the arrays as they are read."""
     import orbax.checkpoint as ocp
 
+    path = os.path.abspath(path)  # Orbax refuses relative paths
     read_metadata(path)
     ckptr = ocp.StandardCheckpointer()
     try:

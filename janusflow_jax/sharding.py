@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -34,6 +34,12 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("conv_in", "fsdp"),
     ("conv_out", "tensor"),
     ("norm", None),
+    # The ShallowUViT generation encoder/decoder (3.6% of JanusFlow-1.3B's parameters) are replicated:
+    # data parallel only. Sharding their convolutions' and channel MLPs' weights over fsdp/tensor makes
+    # XLA (jax 0.9 and 0.10, Shardy and GSPMD alike) compute wrong values or gradients on meshes where
+    # the batch spans two axes and tensor > 1, e.g. {data:2, fsdp:2, tensor:2}; sharding constraints
+    # only move the error elsewhere. tests/test_sharding.py keeps a minimal reproduction.
+    ("uvit", None),
 )
 
 
@@ -87,12 +93,85 @@ def logical_to_spec(names: Sequence[str | None]) -> P:
     return P(*out)
 
 
+def _filter_axes(spec: P, keep) -> P:
+    out = []
+    for entry in spec:
+        axes = tuple(a for a in ((entry,) if isinstance(entry, str) else tuple(entry or ())) if keep(a))
+        out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return P(*out)
+
+
+def _drop_axes(spec: P, drop: Sequence[str]) -> P:
+    """`spec` without the mesh axes `drop` (e.g. the manual axes inside a `shard_map`)."""
+    return _filter_axes(spec, lambda a: a not in drop)
+
+
+def _keep_axes(spec: P, keep: Sequence[str]) -> P:
+    """`spec` with only the mesh axes `keep`."""
+    return _filter_axes(spec, lambda a: a in keep)
+
+
 def shard(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
-    """Constrain an activation to logical axes `names` when a multi-device mesh is active."""
+    """Constrain an activation to logical axes `names` when a multi-device mesh is active (inside
+    `data_parallel`, the manual batch axes are left out: each shard already holds its own rows)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return x
-    return jax.lax.with_sharding_constraint(x, logical_to_spec(names))
+    spec = logical_to_spec(names)
+    if mesh.manual_axes:
+        spec = _drop_axes(spec, mesh.manual_axes)
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+BATCH_AXES = ("data", "fsdp")  # the mesh axes the batch rows are split over (LOGICAL_RULES "batch")
+
+
+def _is_spec(x) -> bool:
+    return isinstance(x, P)
+
+
+def _gather(x: jax.Array, spec: P) -> jax.Array:
+    """All-gather `x` along every dimension `spec` splits (over the manual axes named there)."""
+    for dim, entry in enumerate(spec):
+        if entry:
+            x = jax.lax.all_gather(x, entry, axis=dim, tiled=True)
+    return x
+
+
+def data_parallel(fn: Callable[..., Any], param_specs: Sequence[Any]) -> Callable[..., Any]:
+    """`fn(*params, *batches)` with the batch axes ("data", "fsdp") manual, its outputs summed over them.
+
+    `fn` returns SUMS over the rows it is given (a pytree of scalars). The first `len(param_specs)`
+    arguments are parameter pytrees with those PartitionSpecs: inside, each shard gathers its
+    fsdp-split parameters (tiled all-gather; its transpose reduce-scatters the gradients, and the
+    sum over `data` comes from the parameters being the same on every data shard). The remaining
+    arguments are batch pytrees whose rows are split over ("data", "fsdp"). The `tensor` axis stays
+    automatic. Parameters are thus gathered once per call rather than layer by layer.
+
+    Why not leave the batch axes to XLA's partitioner: with the batch on ("data", "fsdp") and
+    tensor > 1, XLA (jax 0.9 and 0.10, Shardy and GSPMD alike) computes wrong gradients for
+    convolution-like ops (padding + slicing, e.g. the ConvNeXt depthwise conv) and wrong values
+    elsewhere depending on the program; sharding constraints only move the error, and a manual
+    `data` axis alone trips an XLA CHECK on {data:2, fsdp:2, tensor:2}. With both batch axes manual
+    every mesh we test is exact (tests/test_sharding.py keeps a minimal reproduction of the bug).
+    On a mesh whose batch axes are all 1 this is `fn` itself.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    manual = tuple(a for a in BATCH_AXES if not mesh.empty and mesh.shape.get(a, 1) > 1)
+    if not manual:
+        return fn
+    n = len(param_specs)
+    local = [jax.tree.map(lambda sp: _keep_axes(sp, manual), t, is_leaf=_is_spec) for t in param_specs]
+
+    def inner(*args):
+        params = [jax.tree.map(lambda sp, x: _gather(x, sp), t, a, is_leaf=_is_spec) for t, a in zip(local, args[:n])]
+        return jax.tree.map(lambda v: jax.lax.psum(v, manual), fn(*params, *args[n:]))
+
+    def call(*args):
+        specs = tuple(local) + (P(manual),) * (len(args) - n)
+        return jax.shard_map(inner, mesh=mesh, in_specs=specs, out_specs=P(), axis_names=set(manual))(*args)
+
+    return call
 
 
 def spec_for_shape(names: Sequence[str | None], shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
@@ -106,15 +185,20 @@ def spec_for_shape(names: Sequence[str | None], shape: Sequence[int], mesh: jax.
     return P(*out)
 
 
-def state_shardings(state, mesh: jax.sharding.Mesh):
-    """NamedShardings for an nnx.State whose Variables carry `out_sharding` logical names."""
+def state_specs(state, mesh) -> Any:
+    """PartitionSpecs for an nnx.State whose Variables carry `out_sharding` logical names (`mesh` may
+    be abstract, e.g. `jax.sharding.get_abstract_mesh()` inside a jitted function)."""
 
     def one(v):
         names = v.get_metadata().get("out_sharding") if isinstance(v, nnx.Variable) else None
-        spec = spec_for_shape(names, v.shape, mesh) if names else P()
-        return NamedSharding(mesh, spec)
+        return spec_for_shape(names, v.shape, mesh) if names else P()
 
     return jax.tree.map(one, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+def state_shardings(state, mesh: jax.sharding.Mesh):
+    """NamedShardings for an nnx.State whose Variables carry `out_sharding` logical names."""
+    return jax.tree.map(lambda sp: NamedSharding(mesh, sp), state_specs(state, mesh), is_leaf=_is_spec)
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

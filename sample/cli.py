@@ -92,6 +92,8 @@ def generate(args) -> None:
     import numpy as np
     from PIL import Image
 
+    from janusflow_jax.images import make_grid, save_png
+
     prompts = list(args.prompt)
     if args.prompts_file:
         try:
@@ -121,13 +123,7 @@ def generate(args) -> None:
     for i, img in enumerate(images):
         Image.fromarray(img).save(os.path.join(args.out, f"{i:04d}.png"))
     cols = min(len(images), args.num_images if len(prompts) > 1 else 8)
-    rows = -(-len(images) // cols)
-    h, w = images.shape[1:3]
-    grid = np.zeros((rows * h, cols * w, 3), np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = img
-    Image.fromarray(grid).save(os.path.join(args.out, "grid.png"))
+    save_png(os.path.join(args.out, "grid.png"), make_grid(np.asarray(images), cols=cols))
     print(f"wrote {len(images)} image(s) and grid.png to {args.out}")
 
 

@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
+from janusflow_jax.sharding import data_parallel, state_specs
 from janusflow_jax.training import objective
 from janusflow_jax.training.objective import ObjectiveConfig
 from janusflow_jax.training.state import FROZEN, merge_trainable, path_str, split_trainable
@@ -24,6 +26,14 @@ class StepStatics:
     num_gen_tokens: int
     grad_accum: int = 1
     ema_decay: float | None = None
+
+
+def param_specs(graphdef: nnx.GraphDef, params: dict, mesh) -> dict:
+    """PartitionSpecs of the pure-dict `params`, from the logical names the graphdef's Params carry."""
+    if mesh.empty:
+        return jax.tree.map(lambda _: P(), params)
+    _, st = nnx.split(nnx.merge(graphdef, params), nnx.Param)
+    return nnx.to_pure_dict(state_specs(st, mesh))
 
 
 def _micro(tree, a: int):
@@ -53,12 +63,16 @@ def train_step(
     denom = objective.counts(batch, statics.latent_shape, statics.num_gen_tokens)
     trainable, frozen = split_trainable(state["params"], labels)
 
-    def loss_fn(tr, mb, md):
-        model = nnx.merge(graphdef, merge_trainable(tr, frozen))
+    def loss_fn(tr, fr, den, mb, md):
+        # sums over this shard's rows divided by GLOBAL counts: adding the shards' values gives the total
+        model = nnx.merge(graphdef, merge_trainable(tr, fr))
         sums = objective.loss_sums(model, mb, md, ocfg)
-        return objective.weighted_total(sums, denom, ocfg), sums
+        return objective.weighted_total(sums, den, ocfg), sums
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    mesh = jax.sharding.get_abstract_mesh()
+    specs = split_trainable(param_specs(graphdef, state["params"], mesh), labels)
+    sharded_loss = data_parallel(loss_fn, (*specs, P()))
+    grad_fn = jax.value_and_grad(lambda tr, mb, md: sharded_loss(tr, frozen, denom, mb, md), has_aux=True)
     a = statics.grad_accum
     if a == 1:
         (loss, sums), grads = grad_fn(trainable, batch, draws)
@@ -71,7 +85,9 @@ def train_step(
             (l, s), g = grad_fn(trainable, *xs)
             return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, {k: s_acc[k] + s[k] for k in s}), None
 
-        (grads, loss, sums), _ = jax.lax.scan(body, (zero_g, jnp.float32(0.0), zero_s), (_micro(batch, a), _micro(draws, a)))
+        (grads, loss, sums), _ = jax.lax.scan(
+            body, (zero_g, jnp.float32(0.0), zero_s), (_micro(batch, a), _micro(draws, a))
+        )
 
     params = state["params"]
     full_grads = jax.tree.map(
@@ -89,7 +105,7 @@ def train_step(
     grad_leaves = [g for g in jax.tree.leaves(grads) if g is not None]
     metrics: dict[str, Any] = {
         "loss": loss,
-        "grad_norm": optax.global_norm(grad_leaves),
+        "grad_norm": optax.tree.norm(grad_leaves),
         **{k: sums[k] / denom[k] for k in sums},
     }
     new_state = dict(state, step=state["step"] + 1, params=new_params, opt_state=opt_state, ema=ema)

@@ -423,6 +423,12 @@ class Trainer:
         self.log(f"exported the VAE (scaling_factor {scale:.5f} = 1/std of the latents) to {dest}")
         return dest
 
+    def _exported_step(self) -> int | None:
+        dest = os.path.join(self.out_dir, "export")
+        if not checkpoint.is_checkpoint(dest):
+            return None
+        return checkpoint.read_metadata(dest).get("trained_steps")
+
     def export(self, state: dict, step: int) -> str | None:
         """Params checkpoint (EMA when kept) that `janusflow_jax.load` / `janusflow-sample` read."""
         if self.pc > 1:
@@ -521,6 +527,7 @@ class Trainer:
             self.write_loss_curve(history)
         if steps_done:
             self.write_samples(state, step)
+        if steps_done or self._exported_step() != step:  # also a run killed between its last save and export
             self.export(state, step)
         self.state = state
         return last
