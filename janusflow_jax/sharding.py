@@ -196,6 +196,14 @@ def state_specs(state, mesh) -> Any:
     return jax.tree.map(one, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
 
 
+def param_specs(graphdef: nnx.GraphDef, params: dict, mesh) -> dict:
+    """PartitionSpecs of the pure-dict `params`, from the logical names the graphdef's Params carry."""
+    if mesh.empty:
+        return jax.tree.map(lambda _: P(), params)
+    _, st = nnx.split(nnx.merge(graphdef, params), nnx.Param)
+    return nnx.to_pure_dict(state_specs(st, mesh))
+
+
 def state_shardings(state, mesh: jax.sharding.Mesh):
     """NamedShardings for an nnx.State whose Variables carry `out_sharding` logical names."""
     return jax.tree.map(lambda sp: NamedSharding(mesh, sp), state_specs(state, mesh), is_leaf=_is_spec)

@@ -168,7 +168,9 @@ def test_training_velocity_equals_sampler_rows(tiny_model):
     n = cfg.num_gen_tokens(vcfg)
     cb = image_sampling.cfg_batch(ids, mask, n, pad_id=m.pad_id)
     jf = model.janusflow
-    both = jf.velocity(jf.language_model.embed(cb.tokens), cb.mask, cb.positions, jnp.concatenate([zt, zt]), jnp.full((4,), 300.0))
+    both = jf.velocity(
+        jf.language_model.embed(cb.tokens), cb.mask, cb.positions, jnp.concatenate([zt, zt]), jnp.full((4,), 300.0)
+    )
     v = np.asarray(v)
     # float32 rounding only (the two calls batch 2 and 4 rows): max |Δ| / max |v| ≤ 1e-5
     assert rel_err(v[0], both[0]) < 1e-5  # conditional row 0
@@ -268,7 +270,10 @@ def test_sharded_step_equals_single_device(shape):
     q = shardings["params"]["janusflow"]["language_model"]["model"]["layers"]["self_attn"]["q_proj"].spec
     assert tuple(q) == (None, "fsdp", "tensor", None)
     mu = shardings["opt_state"].inner_states["train"].inner_state[1][0].mu
-    assert mu["janusflow"]["vision_gen_enc_aligner"]["kernel"] == shardings["params"]["janusflow"]["vision_gen_enc_aligner"]["kernel"]
+    assert (
+        mu["janusflow"]["vision_gen_enc_aligner"]["kernel"]
+        == shardings["params"]["janusflow"]["vision_gen_enc_aligner"]["kernel"]
+    )
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     bs = jax.tree.map(lambda x: NamedSharding(mesh, P(("data", "fsdp"))), batch)
@@ -277,9 +282,88 @@ def test_sharded_step_equals_single_device(shape):
         f = jax.jit(step, in_shardings=(shardings, bs), out_shardings=(shardings, NamedSharding(mesh, P())))
         new_state, m = f(placed, jax.device_put(batch, bs))
     emb = new_state["params"]["janusflow"]["language_model"]["model"]["embed_tokens"]["embedding"]
-    assert emb.sharding.spec == shardings["params"]["janusflow"]["language_model"]["model"]["embed_tokens"]["embedding"].spec
+    assert (
+        emb.sharding.spec
+        == shardings["params"]["janusflow"]["language_model"]["model"]["embed_tokens"]["embedding"].spec
+    )
     assert spec
     for k in ("loss", "rf", "repa", "und", "text"):
         assert float(m[k]) == pytest.approx(float(ref_m[k]), rel=2e-5, abs=1e-6), k
     for a, b in zip(jax.tree.leaves(ref_state["params"]), jax.tree.leaves(new_state["params"])):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=2e-6)
+
+
+# --- stage vae: the small-VAE training step -------------------------------------------------------
+
+
+class _StubVae:
+    """encode: mean = first 2 channels ×0.5, logvar = constant; decode: tile back to 3 channels."""
+
+    def encode(self, x):
+        return 0.5 * x[..., :2], jnp.full(x.shape[:-1] + (2,), -1.0)
+
+    def decode(self, z):
+        return jnp.concatenate([z, z[..., :1]], axis=-1)
+
+
+def test_vae_losses_match_numpy():
+    from janusflow_jax.training import vae as V
+
+    rng = np.random.default_rng(8)
+    x = rng.uniform(-1, 1, (2, 5, 6, 3)).astype(np.float32)
+    eps = rng.normal(size=(2, 5, 6, 2)).astype(np.float32)
+    st = V.VaeStatics(kl_weight=0.1, edge_weight=0.5)
+    got = {k: float(v) for k, v in V.vae_losses(_StubVae(), jnp.asarray(x), jnp.asarray(eps), st).items()}
+    mean, logvar = 0.5 * x[..., :2], np.full(x.shape[:-1] + (2,), -1.0)
+    z = mean + np.exp(0.5 * logvar) * eps
+    rec = np.concatenate([z, z[..., :1]], axis=-1)
+    d = rec - x
+    l1, l2 = np.abs(d).mean(), (d**2).mean()
+    edge = (
+        np.abs(np.diff(rec, axis=1) - np.diff(x, axis=1)).mean()
+        + np.abs(np.diff(rec, axis=2) - np.diff(x, axis=2)).mean()
+    )
+    kl = 0.5 * (mean**2 + np.exp(logvar) - 1 - logvar).mean()
+    want = {"l1": l1, "l2": l2, "edge": edge, "kl": kl, "loss": l1 + l2 + 0.5 * edge + 0.1 * kl}
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-5), k
+
+
+@pytest.mark.slow
+def test_vae_step_sharded_equals_single_device():
+    """The VAE step (convolutions sharded fsdp/tensor) on {data:2, fsdp:2, tensor:2} equals one device."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from janusflow_jax.nn.vae import AutoencoderKL
+    from janusflow_jax.training import vae as V
+
+    vcfg = config_lib.load_vae_config(str(TINY_DIR / "vae"))
+    with use_mesh(make_mesh()):
+        gd, params = nnx.split(AutoencoderKL(vcfg, rngs=nnx.Rngs(0)), nnx.Param)
+    params = nnx.to_pure_dict(params)
+    labels = S.labels_for(params, "vae")
+    tx = S.make_optimizer(S.OptimConfig(lr=1e-3, eps=1e-3), labels)
+    statics = V.VaeStatics(kl_weight=1e-3, edge_weight=0.5)
+    step = functools.partial(V.vae_train_step, gd, tx, statics)
+    s = vcfg.sample_size
+    batch = {"gen": {"image": np.random.default_rng(9).integers(0, 256, (8, s, s, 3)).astype(np.uint8)}}
+    st = S.init_state(params, tx, labels, jax.random.key(0), ema=False)
+    ref_state, ref_m = jax.jit(step)(jax.tree.map(jnp.copy, st), batch)
+
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    with use_mesh(mesh):
+        p_shard = S.param_shardings(nnx.eval_shape(lambda: AutoencoderKL(vcfg, rngs=nnx.Rngs(0))), mesh)
+    abstract = jax.eval_shape(lambda p: S.init_state(p, tx, labels, jax.random.key(0), False), params)
+    shardings = S.state_shardings_for(abstract, p_shard, tx, mesh)
+    bs = jax.tree.map(lambda x: NamedSharding(mesh, P(("data", "fsdp"))), batch)
+    with use_mesh(mesh):
+        f = jax.jit(step, in_shardings=(shardings, bs), out_shardings=(shardings, NamedSharding(mesh, P())))
+        new_state, m = f(jax.device_put(st, shardings), jax.device_put(batch, bs))
+    for k in ("loss", "l1", "l2", "edge", "kl", "grad_norm"):
+        assert float(m[k]) == pytest.approx(float(ref_m[k]), rel=2e-5, abs=1e-6), k
+    # float32 reduction order differs across shardings: compare each update to its own size
+    for a, b, p0 in zip(
+        jax.tree.leaves(ref_state["params"]), jax.tree.leaves(new_state["params"]), jax.tree.leaves(params)
+    ):
+        a, b, p0 = np.asarray(a), np.asarray(b), np.asarray(p0)
+        assert np.abs(a - b).max() <= 1e-3 * np.abs(a - p0).max() + 1e-7

@@ -11,7 +11,7 @@ import optax
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from janusflow_jax.sharding import data_parallel, state_specs
+from janusflow_jax.sharding import data_parallel, param_specs
 from janusflow_jax.training import objective
 from janusflow_jax.training.objective import ObjectiveConfig
 from janusflow_jax.training.state import FROZEN, merge_trainable, path_str, split_trainable
@@ -26,14 +26,6 @@ class StepStatics:
     num_gen_tokens: int
     grad_accum: int = 1
     ema_decay: float | None = None
-
-
-def param_specs(graphdef: nnx.GraphDef, params: dict, mesh) -> dict:
-    """PartitionSpecs of the pure-dict `params`, from the logical names the graphdef's Params carry."""
-    if mesh.empty:
-        return jax.tree.map(lambda _: P(), params)
-    _, st = nnx.split(nnx.merge(graphdef, params), nnx.Param)
-    return nnx.to_pure_dict(state_specs(st, mesh))
 
 
 def _micro(tree, a: int):

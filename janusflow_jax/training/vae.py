@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 
 from janusflow_jax.nn.vae import AutoencoderKL
+from janusflow_jax.sharding import data_parallel, param_specs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,14 +51,19 @@ def vae_losses(vae: AutoencoderKL, x: jax.Array, eps: jax.Array, statics: VaeSta
 def vae_train_step(graphdef, tx: optax.GradientTransformation, statics: VaeStatics, state: dict, batch: dict):
     key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
     x = to_unit(batch["gen"]["image"])
+    rows = x.shape[0]
     shape = jax.eval_shape(lambda: nnx.merge(graphdef, state["params"]).encode(x))[0].shape
     eps = jax.random.normal(key, shape, jnp.float32)
 
-    def loss_fn(params):
+    def loss_fn(params, x, eps):
+        # this shard's means weighted by its share of the rows: the shards' values add up to the batch means
         parts = vae_losses(nnx.merge(graphdef, params), x, eps, statics)
+        parts = {k: v * (x.shape[0] / rows) for k, v in parts.items()}
         return parts["loss"], parts
 
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    specs = param_specs(graphdef, state["params"], jax.sharding.get_abstract_mesh())
+    grad_fn = jax.value_and_grad(data_parallel(loss_fn, (specs,)), has_aux=True)
+    (loss, parts), grads = grad_fn(state["params"], x, eps)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     ema = state["ema"]
