@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from janusflow_jax.config import LlamaConfig
-from janusflow_jax.nn.kv_cache import KVCache
+from janusflow_jax.nn.kv_cache import DecodeCache, KVCache
 from janusflow_jax.nn.layers import RMSNorm, as_dtype, fan_in_init, normal_init, param
 from janusflow_jax.sharding import shard
 
@@ -63,20 +63,34 @@ def _attend(qh, kh, vh, mask, scale):
     return jnp.einsum("BKGTS,BKSH->BKGTH", p, vh)
 
 
-def _attend_prefix(qh, pk, pv, pmask, kh, vh, mask, scale):
-    """Softmax attention over two key blocks without concatenating them: a cached prefix
-    (pk/pv `[B,S,K,H]` token-major, as stored in the cache; pmask `[B,S]`) and the new keys
-    (kh/vh `[B,K,T',H]`, mask `[B,T,T']`). Equal to attending over the concatenation."""
-    s1 = jnp.einsum("BKGTH,BSKH->BKGTS", qh, pk.astype(qh.dtype), preferred_element_type=jnp.float32) * scale
-    s2 = jnp.einsum("BKGTH,BKSH->BKGTS", qh, kh, preferred_element_type=jnp.float32) * scale
+def _attend_blocks(qh, blocks, scale):
+    """Softmax attention over several key blocks without concatenating them (equal to attending over
+    their concatenation). qh `[B,K,G,T,H]`; each block `(k, k_layout, v, v_layout, mask)` gives its
+    arrays' layouts as einsum subscripts over B, K, S, H (e.g. "BKSH" heads-major, "BSKH" token-major
+    as a `KVCache` stores them, "BKHS" for keys laid out for the score matmul); mask broadcastable
+    to `[B,T,S]`. → `[B,K,G,T,H]`."""
     lo = jnp.finfo(jnp.float32).min
-    s1 = jnp.where(pmask[:, None, None, None, :], s1, lo)
-    s2 = jnp.where(mask[:, None, None, :, :], s2, lo)
-    mx = jnp.maximum(jnp.max(s1, axis=-1, keepdims=True), jnp.max(s2, axis=-1, keepdims=True))
-    p1, p2 = jnp.exp(s1 - mx), jnp.exp(s2 - mx)
-    denom = jnp.sum(p1, axis=-1, keepdims=True) + jnp.sum(p2, axis=-1, keepdims=True)
-    o = jnp.einsum("BKGTS,BSKH->BKGTH", (p1 / denom).astype(vh.dtype), pv.astype(vh.dtype))
-    return o + jnp.einsum("BKGTS,BKSH->BKGTH", (p2 / denom).astype(vh.dtype), vh)
+    scores = []
+    for k, k_layout, _, _, mask in blocks:
+        s = jnp.einsum(f"BKGTH,{k_layout}->BKGTS", qh, k.astype(qh.dtype), preferred_element_type=jnp.float32)
+        scores.append(jnp.where(mask[:, None, None, :, :], s * scale, lo))
+    mx = scores[0].max(axis=-1, keepdims=True)
+    for s in scores[1:]:
+        mx = jnp.maximum(mx, s.max(axis=-1, keepdims=True))
+    probs = [jnp.exp(s - mx) for s in scores]
+    denom = sum(jnp.sum(p, axis=-1, keepdims=True) for p in probs)
+    out = None
+    for p, (_, _, v, v_layout, _) in zip(probs, blocks):
+        o = jnp.einsum(f"BKGTS,{v_layout}->BKGTH", (p / denom).astype(qh.dtype), v.astype(qh.dtype))
+        out = o if out is None else out + o
+    return out
+
+
+def _attend_prefix(qh, pk, pv, pmask, kh, vh, mask, scale):
+    """A read-only cached prefix (pk/pv `[B,S,K,H]` token-major, pmask `[B,S]`) and the new keys
+    (kh/vh `[B,K,T',H]`, mask `[B,T,T']`)."""
+    blocks = [(pk, "BSKH", pv, "BSKH", pmask[:, None, :]), (kh, "BKSH", vh, "BKSH", mask)]
+    return _attend_blocks(qh, blocks, scale)
 
 
 def _tokens_major(o):
@@ -148,7 +162,11 @@ class LlamaAttention(nnx.Module):
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def output(self, o):
-        return jnp.einsum("BTNH,NHD->BTD", o, self.o_proj[...].astype(as_dtype(self.dtype)))
+        """o `[B,T,N,H]` → `[B,T,D]`, contracting N·H as one axis (then the `[N,H,D]` weight is read in
+        place; contracting N and H separately made XLA:CPU transpose it on every call)."""
+        w = self.o_proj[...].astype(as_dtype(self.dtype))
+        b, t, n, h = o.shape
+        return jnp.einsum("BTF,FD->BTD", o.reshape(b, t, n * h), w.reshape(n * h, w.shape[-1]))
 
 
 class LlamaMLP(nnx.Module):
@@ -213,7 +231,6 @@ class LlamaModel(nnx.Module):
         inputs_embeds: jax.Array,
         positions: jax.Array,
         attention_mask: jax.Array | None = None,
-        cache: KVCache | None = None,
         *,
         prefix: KVCache | None = None,
         return_kv: bool = False,
@@ -222,14 +239,12 @@ class LlamaModel(nnx.Module):
     ):
         """inputs_embeds `[B,T,D]`, positions `[B,T]` int (RoPE), attention_mask `[B,T]` (1 = visible key).
 
-        Three ways to attend:
+        Two ways to attend (token-by-token decoding is `decode`):
           * default: causal self-attention over the T inputs (prefill, training, full recompute);
             `return_kv=True` also returns their keys/values `[L,B,T,K,H]` (to build a cache);
-          * `cache=`: the inputs attend to every valid cache slot and causally among themselves, and
-            their K/V are then written at slots `end_index …` (token-by-token decoding);
           * `prefix=`: the inputs attend to a read-only cached prefix plus causally among themselves;
             the prefix is not modified (the ODE steps of image generation).
-        Returns `(hidden [B,T,D] after the final norm, new cache | (k, v) | None, per-layer outputs
+        Returns `(hidden [B,T,D] after the final norm, (k, v) | None, per-layer outputs
         [L,B,T,D] | None)`; with `capture_layer=k` the third item is instead the output of the k-th
         layer `[B,T,D]` (k = 1 … L, before the final norm: transformers' `hidden_states[k]`).
         """
@@ -241,9 +256,6 @@ class LlamaModel(nnx.Module):
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
         scale = cfg.head_dim**-0.5
         graphdef, layer_state = nnx.split(self.layers)
-
-        if cache is not None:  # decoding: the cache is a read-only prefix, then the new K/V are written once
-            prefix, return_kv = cache, True
 
         def body(carry, xs):
             x, captured = carry
@@ -269,16 +281,46 @@ class LlamaModel(nnx.Module):
         )
         if capture_layer is not None:
             per_layer = captured
-        if cache is not None:
-            k_new, v_new = extra
-            at = (0, 0, cache.end_index, 0, 0)
-            extra = KVCache(
-                k=jax.lax.dynamic_update_slice(cache.k, k_new.astype(cache.k.dtype), at),
-                v=jax.lax.dynamic_update_slice(cache.v, v_new.astype(cache.v.dtype), at),
-                mask=jax.lax.dynamic_update_slice(cache.mask, key_mask, (0, cache.end_index)),
-                end_index=cache.end_index + t,
-            )
         return self.norm(x), extra, per_layer
+
+    def layer_modules(self) -> list[LlamaDecoderLayer]:
+        """The stacked layers as L separate modules. Call it once, outside a token loop: inside `jit`
+        it slices every stacked weight once, and the loop then reads each weight in place (a scan
+        over the stack inside the loop makes XLA:CPU copy every layer's slice on every token)."""
+        graphdef, state = nnx.split(self.layers)
+        return [
+            nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state)) for i in range(self.cfg.num_hidden_layers)
+        ]
+
+    def decode(
+        self, layers: list[LlamaDecoderLayer], inputs_embeds: jax.Array, positions: jax.Array, cache: DecodeCache
+    ) -> tuple[jax.Array, DecodeCache]:
+        """One new token per row: inputs_embeds `[B,1,D]`, positions `[B,1]`, `layers` from
+        `layer_modules()`. It attends to the valid prompt keys, the `cache.count` tokens generated
+        so far and itself; returns `(hidden [B,1,D] after the final norm, cache with its K/V added)`."""
+        cfg = self.cfg
+        dt = as_dtype(cfg.dtype)
+        x = shard(inputs_embeds.astype(dt), ("batch", "seq", "embed"))
+        cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
+        b, n = x.shape[0], cache.count
+        written = jnp.broadcast_to(jnp.arange(cache.slots)[None, None, :] < n, (b, 1, cache.slots))
+        ks, vs = [], []
+        for i, layer in enumerate(layers):
+
+            def attend(q, k, v, i=i):
+                qh, kh, vh = _heads_major(q, k, v)
+                blocks = [
+                    (cache.prompt_k[i], "BKHS", cache.prompt_v[i], "BKSH", cache.prompt_mask[:, None, :]),
+                    (cache.k[i], "BKHS", cache.v[i], "BKSH", written),
+                    (kh, "BKSH", vh, "BKSH", jnp.ones((b, 1, 1), jnp.bool_)),
+                ]
+                return _tokens_major(_attend_blocks(qh, blocks, cfg.head_dim**-0.5)), (kh, vh)
+
+            x, (kh, vh) = layer(x, cos, sin, attend)
+            kt = kh.transpose(0, 1, 3, 2).astype(cache.k[i].dtype)  # [B,K,H,1]
+            ks.append(jax.lax.dynamic_update_slice(cache.k[i], kt, (0, 0, 0, n)))
+            vs.append(jax.lax.dynamic_update_slice(cache.v[i], vh.astype(cache.v[i].dtype), (0, 0, n, 0)))
+        return self.norm(x), cache.replace(k=tuple(ks), v=tuple(vs), count=n + 1)
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -297,11 +339,12 @@ class LlamaForCausalLM(nnx.Module):
         w = self.lm_head[...].astype(hidden.dtype)
         return jnp.einsum("BTD,DV->BTV", hidden, w, preferred_element_type=jnp.float32)
 
-    def __call__(self, input_ids, positions=None, attention_mask=None, cache=None):
+    def __call__(self, input_ids, positions=None, attention_mask=None):
+        """Full causal forward: ids `[B,T]` → float32 logits `[B,T,V]`."""
         if positions is None:
             positions = positions_from_mask(attention_mask, input_ids.shape)
-        hidden, cache, _ = self.model(self.embed(input_ids), positions, attention_mask, cache)
-        return self.logits(hidden), cache
+        hidden, _, _ = self.model(self.embed(input_ids), positions, attention_mask)
+        return self.logits(hidden)
 
 
 def positions_from_mask(attention_mask: jax.Array | None, shape: tuple[int, int]) -> jax.Array:
