@@ -10,8 +10,6 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from janusflow_jax.config import LlamaConfig
-from janusflow_jax.nn.layers import as_dtype
 
 CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
 
