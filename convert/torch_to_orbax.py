@@ -1,6 +1,7 @@
 """janusflow-convert: official JanusFlow safetensors (+ diffusers VAE) → params-only Orbax checkpoint.
 
     janusflow-convert MODEL_DIR [--vae VAE_DIR] --out OUT_DIR [--dtype bfloat16|float32] [--overwrite]
+    janusflow-convert CHECKPOINT --out OUT_DIR --dtype bfloat16     (re-save a janusflow-jax checkpoint)
 
 No torch, no pickles: tensors are read one at a time from .safetensors and mapped through the
 declarative table in janusflow_jax.weights. OUT_DIR appears only when complete.
@@ -15,7 +16,9 @@ import time
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="janusflow-convert", description=__doc__.split("\n\n")[0])
-    p.add_argument("model_dir", help="official JanusFlow folder (config.json + model.safetensors)")
+    p.add_argument(
+        "model_dir", help="official JanusFlow folder (config.json + model.safetensors), or a janusflow-jax checkpoint"
+    )
     p.add_argument(
         "--vae", dest="vae_dir", default=None, help="diffusers AutoencoderKL folder (default: MODEL_DIR/vae)"
     )
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\njanusflow-convert: interrupted; nothing was written", file=sys.stderr)
         return 130
     print(file=sys.stderr)
-    print(f"wrote {out} ({count[0]} tensors, {time.time() - t0:.1f}s)")
+    print(f"wrote {out} ({count[0]} tensors converted, {time.time() - t0:.1f}s)" if count[0] else f"wrote {out} ({time.time() - t0:.1f}s)")
     return 0
 
 

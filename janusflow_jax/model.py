@@ -585,8 +585,13 @@ def special_ids(folder: str | None) -> dict[str, int]:
     return out
 
 
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
+
+
 def load(path: str | None = None, *, vae_path: str | None = None, dtype: str = "float32", mesh=None) -> JanusFlowModel:
-    """Load a JanusFlow from an official HF-format folder or a `janusflow-convert` Orbax checkpoint.
+    """Load a JanusFlow from an official HF-format folder or a `janusflow-convert` Orbax checkpoint;
+    without `path`, the small model shipped with the package (`DEFAULT_MODEL`: trained by
+    `janusflow-train` on the synthetic shapes world, see train/configs/shapes/).
 
     HF folder: `config.json` + `model.safetensors` (+ tokenizer/processor files); the VAE comes from
     `vae_path`, or `path/vae` when it exists. Orbax checkpoint: holds the VAE too.
@@ -594,7 +599,9 @@ def load(path: str | None = None, *, vae_path: str | None = None, dtype: str = "
     if dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"dtype must be float32 or bfloat16, got {dtype!r}")
     if path is None:
-        raise LoadError("no model path given (the shipped default model is not part of this release yet)")
+        path = DEFAULT_MODEL
+        if not checkpoint.is_checkpoint(path):
+            raise LoadError(f"the shipped default model is missing from this installation ({path})")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise LoadError(f"{path}: no such checkpoint or model folder")

@@ -1,12 +1,14 @@
 """janusflow-sample: draw images from prompts, answer questions about an image, or chat about it.
 
-    janusflow-sample generate --checkpoint DIR --prompt "..." [--prompt ...] [--prompts-file F]
+    janusflow-sample generate [--checkpoint DIR] --prompt "..." [--prompt ...] [--prompts-file F]
                               [--num-images N] [--steps 30] [--cfg 2.0] [--seed 0] [--solver euler|heun]
                               [--negative-prompt "..."] [--out samples/]
-    janusflow-sample understand --checkpoint DIR --image FILE --question "..." [--max-new-tokens 64]
-    janusflow-sample chat --checkpoint DIR --image FILE        (questions from standard input)
+    janusflow-sample understand [--checkpoint DIR] --image FILE --question "..." [--max-new-tokens 64]
+    janusflow-sample chat [--checkpoint DIR] --image FILE        (questions from standard input)
 
-`--checkpoint` takes a janusflow-convert Orbax checkpoint or an official HF-format folder.
+`--checkpoint` takes a janusflow-convert Orbax checkpoint or an official HF-format folder; without
+it the small model shipped with the package is used (the synthetic shapes world: one coloured
+shape on a plain background, e.g. "a large red circle in the top left on a white background").
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="janusflow-sample", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--checkpoint", required=True, help="Orbax checkpoint or official HF-format folder")
+    common.add_argument(
+        "--checkpoint", default=None, help="Orbax checkpoint or official HF-format folder (default: the shipped model)"
+    )
     common.add_argument("--vae", default=None, help="diffusers VAE folder (HF folders only; default CHECKPOINT/vae)")
     common.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     common.add_argument("--compile-cache", default=None, metavar="DIR", help="persistent XLA compilation cache")
@@ -63,11 +67,11 @@ def _load(args):
 
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    if not os.path.exists(args.checkpoint):
+    if args.checkpoint is not None and not os.path.exists(args.checkpoint):
         raise CliError(f"checkpoint {args.checkpoint} not found")
     t = time.perf_counter()
     model = janusflow_jax.load(args.checkpoint, vae_path=args.vae, dtype=args.dtype)
-    _log(f"loaded {args.checkpoint} ({args.dtype}) in {time.perf_counter() - t:.1f}s")
+    _log(f"loaded {args.checkpoint or 'the shipped model'} ({args.dtype}) in {time.perf_counter() - t:.1f}s")
     return model
 
 

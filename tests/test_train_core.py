@@ -99,14 +99,20 @@ def test_drop_condition_keeps_only_bos():
 # --- the training forward on the tiny fixture model ---------------------------------------------
 
 
-def _tiny(stage="1", repa_layer=1, **okw):
+@functools.cache
+def _tiny(repa_layer=1):
+    """The fixture-size training modules, randomly initialised (once per process: the tests only
+    read these arrays; nothing here donates them). What trains is decided by each test's labels."""
     cfg = config_lib.load_official_config(str(TINY_DIR))
     vcfg = config_lib.load_vae_config(str(TINY_DIR / "vae"))
-    ocfg = objective.ObjectiveConfig(repa_layer=repa_layer, repa_hidden=32, und_image_size=cfg.siglip.image_size, **okw)
+    ocfg = objective.ObjectiveConfig(repa_layer=repa_layer, repa_hidden=32, und_image_size=cfg.siglip.image_size)
     with use_mesh(make_mesh()):
-        mods = objective.TrainModules(cfg, vcfg, ocfg, rngs=nnx.Rngs(0))
-    gd, params = nnx.split(mods, nnx.Param)
-    return cfg, vcfg, ocfg, gd, nnx.to_pure_dict(params)
+        abstract = nnx.eval_shape(lambda: objective.TrainModules(cfg, vcfg, ocfg, rngs=nnx.Rngs(0)))
+        gd, _ = nnx.split(abstract, nnx.Param)
+        params = jax.jit(
+            lambda: nnx.to_pure_dict(nnx.split(objective.TrainModules(cfg, vcfg, ocfg, rngs=nnx.Rngs(0)), nnx.Param)[1])
+        )()
+    return cfg, vcfg, ocfg, gd, params
 
 
 def _batch(cfg, rng, gen=4, und=2, text=2):
@@ -187,7 +193,7 @@ def _step_fn(gd, params, stage, ocfg, cfg, vcfg, *, accum=1, ema=None, lr=1e-3, 
 
 
 def test_repa_gradient_does_not_reach_siglip():
-    cfg, vcfg, ocfg, gd, params = _tiny(stage="3")
+    cfg, vcfg, ocfg, gd, params = _tiny()
     batch = _batch(cfg, np.random.default_rng(4), und=0, text=0)
     batch = {"gen": batch["gen"]}
     side = cfg.latent_size(vcfg)
@@ -196,7 +202,7 @@ def test_repa_gradient_does_not_reach_siglip():
     def repa_only(p):
         return objective.loss_sums(nnx.merge(gd, p), batch, d, ocfg)["repa"]
 
-    g = jax.grad(repa_only)(params)
+    g = jax.jit(jax.grad(repa_only))(params)
     sig = jax.tree.leaves(g["janusflow"]["vision_und_enc_model"])
     assert sig and all(float(jnp.abs(x).max()) == 0.0 for x in sig)
     assert float(jnp.abs(g["repa"]["fc1"]["kernel"]).max()) > 0
@@ -231,7 +237,7 @@ def test_stage1_freezes_llm_and_siglip_without_optimizer_state():
 
 
 def test_gradient_accumulation_matches_one_batch():
-    cfg, vcfg, ocfg, gd, params = _tiny(stage="2")
+    cfg, vcfg, ocfg, gd, params = _tiny()
     batch = _batch(cfg, np.random.default_rng(6))
     outs = []
     for accum in (1, 2):
@@ -251,7 +257,7 @@ def test_gradient_accumulation_matches_one_batch():
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", [{"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}, {"fsdp": 8}])
 def test_sharded_step_equals_single_device(shape):
-    cfg, vcfg, ocfg, gd, params = _tiny(stage="3")
+    cfg, vcfg, ocfg, gd, params = _tiny()
     batch = _batch(cfg, np.random.default_rng(7), gen=8, und=8, text=8)
     # eps=1e-3 for the reason given in the accumulation test: with eps=1e-8 Adam's first update is
     # ~lr·sign(g), so float-noise gradients (reduction order differs across shardings) become ~lr-sized

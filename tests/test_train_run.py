@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE
 from train_data import make_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def _env(root, devices=1, **extra):
     env = dict(os.environ)
     env.update(
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
         # the processes of one test compile the same step: share a persistent compilation cache
         JAX_COMPILATION_CACHE_DIR=str(root / "jax-cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -76,7 +77,15 @@ def _metrics(out_dir):
 def test_loss_falls_and_outputs_written(work):
     root, common = work
     out = root / "falls"
-    r = _train(root, common, f"run.out_dir={out}", "run.steps=120", "run.save_every=120", "run.sample_prompts=[a red square]", "run.sample_steps=3")
+    r = _train(
+        root,
+        common,
+        f"run.out_dir={out}",
+        "run.steps=120",
+        "run.save_every=120",
+        "run.sample_prompts=[a red square]",
+        "run.sample_steps=3",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = _metrics(out)
     assert [h["step"] for h in m] == list(range(1, 121))
@@ -129,7 +138,16 @@ def test_sigkill_then_resume_matches_uninterrupted(work, fault):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(work):
     root, common = work
     out = root / "nan"
-    r = _train(root, common, f"run.out_dir={out}", "run.steps=6", "run.save_every=1", "optim.lr=1e30", "optim.warmup_steps=0", "optim.clip_norm=0")
+    r = _train(
+        root,
+        common,
+        f"run.out_dir={out}",
+        "run.steps=6",
+        "run.save_every=1",
+        "optim.lr=1e30",
+        "optim.warmup_steps=0",
+        "optim.clip_norm=0",
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     line = [ln for ln in r.stderr.splitlines() if ln.startswith("janusflow-train: error")][0]
     assert "non-finite loss at step" in line and "last good checkpoint is step" in line
@@ -175,7 +193,18 @@ def test_two_processes_equal_one_process(work):
     two = root / "two-processes"
     procs = [
         subprocess.Popen(
-            CLI + common + [f"run.out_dir={two}", *mix, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+            CLI
+            + common
+            + [
+                f"run.out_dir={two}",
+                *mix,
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
             cwd=ROOT,
             env=_env(root, 4, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"),
             stdout=subprocess.PIPE,

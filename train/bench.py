@@ -53,8 +53,6 @@ def main(argv=None) -> int:
     from janusflow_jax.training.step import StepStatics, train_step
 
     folder = os.path.join(os.path.dirname(HERE), "sample", "configs", args.size)
-    with open(os.path.join(folder, "bench_settings.json")) as f:
-        settings = json.load(f)
     with open(os.path.join(folder, "vae_config.json")) as f:
         vae_cfg = VaeConfig.from_diffusers(json.load(f))
     cfg = config_lib.load_official_config(folder).with_dtype(args.dtype, param_dtype="float32").with_remat(args.remat)

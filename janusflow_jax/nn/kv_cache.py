@@ -11,7 +11,6 @@ import jax.numpy as jnp
 from flax import struct
 
 
-CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
 
 
 @struct.dataclass
