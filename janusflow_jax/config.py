@@ -525,7 +525,8 @@ def from_official_json(d: dict[str, Any], *, gen_image_size: int | None = None) 
     return cfg
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
+    """A JSON file as a dict; a missing file or invalid JSON is a `ConfigError` naming the path."""
     if not os.path.exists(path):
         raise ConfigError(f"{path}: file not found")
     try:
@@ -535,23 +536,22 @@ def _read_json(path: str) -> dict:
         raise ConfigError(f"{path}: invalid JSON ({e})") from None
 
 
-def load_official_config(model_dir: str, **kw) -> JanusFlowConfig:
-    """Read `model_dir/config.json` (official JanusFlow format)."""
-    path = os.path.join(model_dir, "config.json")
+def _load(path: str, parse):
     try:
-        return from_official_json(_read_json(path), **kw)
+        return parse(read_json(path))
     except ConfigError as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith(path) else f"{path}: {msg}") from None
+
+
+def load_official_config(model_dir: str, **kw) -> JanusFlowConfig:
+    """Read `model_dir/config.json` (official JanusFlow format)."""
+    return _load(os.path.join(model_dir, "config.json"), lambda d: from_official_json(d, **kw))
 
 
 def load_vae_config(vae_dir: str) -> VaeConfig:
-    path = os.path.join(vae_dir, "config.json")
-    try:
-        return VaeConfig.from_diffusers(_read_json(path))
-    except ConfigError as e:
-        msg = str(e)
-        raise ConfigError(msg if msg.startswith(path) else f"{path}: {msg}") from None
+    """Read `vae_dir/config.json` (diffusers AutoencoderKL format)."""
+    return _load(os.path.join(vae_dir, "config.json"), VaeConfig.from_diffusers)
 
 
 # --- presets -------------------------------------------------------------------------------------

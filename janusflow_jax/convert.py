@@ -35,7 +35,9 @@ def convert(
         raise checkpoint.CheckpointError(f"{out_dir} already exists (pass --overwrite to replace it)")
     if checkpoint.is_checkpoint(model_dir):
         if vae_dir is not None:
-            raise checkpoint.CheckpointError(f"{model_dir} is a janusflow-jax checkpoint: it holds its VAE (drop --vae)")
+            raise checkpoint.CheckpointError(
+                f"{model_dir} is a janusflow-jax checkpoint: it holds its VAE (drop --vae)"
+            )
         return _recast(model_dir, out_dir, dtype, overwrite)
     vae_dir = vae_dir or os.path.join(model_dir, "vae")
     cfg, vae_cfg, jf, vae = read_hf_folder(model_dir, vae_dir, dtype=dtype, progress=progress)

@@ -645,6 +645,9 @@ def load_vae(path: str, *, dtype: str = "float32", mesh=None) -> tuple[VaeConfig
     with use_mesh(mesh):
         vae_abs = nnx.eval_shape(lambda: AutoencoderKL(vae_cfg, rngs=nnx.Rngs(0)))
     params = weights.load_safetensors_params(
-        find_weights(path, "diffusion_pytorch_model"), weights.param_targets(vae_abs), weights.VAE_RULES, weights.VAE_IGNORED
+        find_weights(path, "diffusion_pytorch_model"),
+        weights.param_targets(vae_abs),
+        weights.VAE_RULES,
+        weights.VAE_IGNORED,
     )
     return vae_cfg, params

@@ -331,8 +331,21 @@ def _config_name(source: str) -> str:
     return name if name and name[0].isalpha() else f"src_{name}"
 
 
+def prepare_offline(b, *, overwrite: bool = False) -> None:
+    """`download_and_prepare` a builder that generates its data locally (nothing is downloaded),
+    quietly; an already prepared dataset is reused unless `overwrite`."""
+    mode = (
+        tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    )
+    with quiet_tfds(), tempfile.TemporaryDirectory(prefix="tfds_downloads_") as nothing_to_download:
+        b.download_and_prepare(
+            download_dir=nothing_to_download,
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False, download_mode=mode),
+        )
+
+
 @contextlib.contextmanager
-def _quiet_tfds():
+def quiet_tfds():
     """No progress bars and no 'Using custom data configuration' chatter while building."""
     from tensorflow_datasets.core.utils import tqdm_utils
 
@@ -357,7 +370,7 @@ def builder(kind, source: str, data_dir: str, *, name: str | None = None) -> _Lo
     name = _config_name(source) if name is None else name
     if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", name):
         raise DataError(f"invalid dataset name {name!r} (letters, digits and _, starting with a letter)")
-    with _quiet_tfds():
+    with quiet_tfds():
         return cls(
             data_dir=os.fspath(data_dir),
             config=SourceConfig(name=name, source=source),
@@ -386,14 +399,7 @@ def build(kind, source: str, data_dir: str, *, name: str | None = None, overwrit
         return b
     if not os.path.exists(src):  # checked here too so that nothing is created for a missing source
         raise DataError(f"{type(b).__name__}: source {src!r} does not exist")
-    mode = (
-        tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-    )
-    with _quiet_tfds(), tempfile.TemporaryDirectory(prefix="tfds_downloads_") as nothing_to_download:
-        b.download_and_prepare(
-            download_dir=nothing_to_download,
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False, download_mode=mode),
-        )
+    prepare_offline(b, overwrite=overwrite)
     return b
 
 

@@ -11,8 +11,6 @@ import jax.numpy as jnp
 from flax import struct
 
 
-
-
 @struct.dataclass
 class KVCache:
     """k, v `[L, B, S, K, H]`; `mask` `[B, S]` marks slots holding a key that may be attended to

@@ -20,16 +20,14 @@ Images are rendered exactly (no jitter) unless the config asks for it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import os
-import tempfile
 from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from janusflow_jax.data.builders import prepare_offline, quiet_tfds
 from janusflow_jax.shapes import world
 
 CONFIG_KINDS = ("captions", "qa")
@@ -149,25 +147,12 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
                     yield rid, {**common, "id": rid, "question": q, "answer": a}
 
 
-@contextlib.contextmanager
-def _quiet():
-    """No progress bars and no absl chatter while building."""
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    tfds.display_progress_bar(False)
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        absl_logger.setLevel(level)
-
-
 def builder(data_dir: str, config: str | ShapesConfig = "captions", **kwargs) -> Shapes:
     """The (not necessarily built) `shapes` builder under `data_dir` (kwargs: see `make_config`)."""
     cfg = config if isinstance(config, ShapesConfig) else make_config(config, **kwargs)
     if cfg.name in CONFIG_KINDS:
         cfg = cfg.name  # the registered config object
-    with _quiet():
+    with quiet_tfds():
         return Shapes(data_dir=os.fspath(data_dir), config=cfg, file_format="array_record")
 
 
@@ -186,12 +171,5 @@ def build(
     b = builder(data_dir, config, **kwargs)
     if not build:
         return b
-    mode = (
-        tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-    )
-    with _quiet(), tempfile.TemporaryDirectory(prefix="tfds_shapes_") as nothing_to_download:
-        b.download_and_prepare(
-            download_dir=nothing_to_download,
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False, download_mode=mode),
-        )
+    prepare_offline(b, overwrite=overwrite)
     return b

@@ -83,4 +83,3 @@ def make_loader(
         process_count=process_count,
         num_threads=d.num_threads,
     )
-

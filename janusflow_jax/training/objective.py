@@ -143,7 +143,9 @@ def gen_forward(model: TrainModules, gen: dict, d: dict, ocfg: ObjectiveConfig, 
     positions = positions_from_mask(full, full.shape)  # the conditional positions, also for dropped rows
     key_mask = losses.drop_condition(mask, d["drop"])[:, :-1]
     prefix = jf.language_model.embed(ids[:, :-1])  # the image start tag is replaced by t_emb
-    out = jf.velocity(prefix, key_mask, positions, z_t, d["t"] * 1000.0, capture_layer=ocfg.repa_layer if capture else None)
+    out = jf.velocity(
+        prefix, key_mask, positions, z_t, d["t"] * 1000.0, capture_layer=ocfg.repa_layer if capture else None
+    )
     v, h = out if capture else (out, None)
     return v, v_target, h, grid
 

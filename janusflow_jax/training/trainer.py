@@ -62,16 +62,6 @@ def maybe_init_distributed(coordinator: str | None, num_processes: int | None, p
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
 
 
-def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise TrainError(f"{path}: file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise TrainError(f"{path}: invalid JSON ({e})") from None
-
-
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
@@ -84,9 +74,23 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 # fields that may change between a run and its resumption
-RESUMABLE_CHANGES = ("run.steps", "run.log_every", "run.save_every", "run.keep", "run.sample_every",
-                     "run.sample_prompts", "run.sample_steps", "run.sample_cfg", "run.async_save", "run.export_every",
-                     "data.num_threads", "model.init_from", "mesh.data", "mesh.fsdp", "mesh.tensor")
+RESUMABLE_CHANGES = (
+    "run.steps",
+    "run.log_every",
+    "run.save_every",
+    "run.keep",
+    "run.sample_every",
+    "run.sample_prompts",
+    "run.sample_steps",
+    "run.sample_cfg",
+    "run.async_save",
+    "run.export_every",
+    "data.num_threads",
+    "model.init_from",
+    "mesh.data",
+    "mesh.fsdp",
+    "mesh.tensor",
+)
 
 
 class Trainer:
@@ -121,7 +125,7 @@ class Trainer:
             if m.init_from:
                 vae_cfg, loaded_vae = load_vae(m.init_from, mesh=self.mesh)
             else:
-                vae_cfg = VaeConfig.from_diffusers(_read_json(m.vae_config))
+                vae_cfg = VaeConfig.from_diffusers(config_lib.read_json(m.vae_config))
             base_cfg = None
         else:
             if m.init_from:
@@ -129,11 +133,13 @@ class Trainer:
                 base_cfg, vae_cfg = loaded.cfg, loaded.vae_cfg
                 loaded_vae = nnx.to_pure_dict(loaded.vae_params)
             else:
-                base_cfg = config_lib.from_official_json(_read_json(m.config))
+                base_cfg = config_lib.from_official_json(config_lib.read_json(m.config))
             if m.vae_from:
                 vae_cfg, loaded_vae = load_vae(m.vae_from, mesh=self.mesh)
         if m.init_from or m.vae_from:
-            self.log(f"loaded initial weights ({m.init_from or ''} {m.vae_from or ''}) in {time.perf_counter() - t:.1f}s")
+            self.log(
+                f"loaded initial weights ({m.init_from or ''} {m.vae_from or ''}) in {time.perf_counter() - t:.1f}s"
+            )
         self.processor_dir = m.processor or (loaded.processor_dir if loaded is not None else None)
         if self.processor_dir is None and m.init_from and os.path.isfile(os.path.join(m.init_from, "tokenizer.json")):
             self.processor_dir = m.init_from
@@ -182,7 +188,9 @@ class Trainer:
 
         if self.vae_mode:
             if self._loaded_vae is not None:
-                return jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, jnp.float32), s), self._loaded_vae, self.p_shard)
+                return jax.tree.map(
+                    lambda x, s: jax.device_put(jnp.asarray(x, jnp.float32), s), self._loaded_vae, self.p_shard
+                )
             with use_mesh(self.mesh):
                 return jax.jit(make, out_shardings=self.p_shard)()
         have = {}
@@ -224,7 +232,8 @@ class Trainer:
         else:
             self.statics = StepStatics(self.ocfg, self.latent_shape, self.num_gen_tokens, o.grad_accum, o.ema_decay)
         n_train = sum(
-            math.prod(p.shape) for p, lab in zip(jax.tree.leaves(abstract_params), jax.tree.leaves(self.labels))
+            math.prod(p.shape)
+            for p, lab in zip(jax.tree.leaves(abstract_params), jax.tree.leaves(self.labels))
             if lab == state_lib.TRAIN
         )
         n_all = sum(math.prod(p.shape) for p in jax.tree.leaves(abstract_params))
@@ -247,9 +256,7 @@ class Trainer:
         }
 
     def _batch_shardings(self, batch_np: dict) -> dict:
-        return jax.tree.map(
-            lambda x: NamedSharding(self.mesh, P(("data", "fsdp"), *([None] * (x.ndim - 1)))), batch_np
-        )
+        return jax.tree.map(lambda x: NamedSharding(self.mesh, P(("data", "fsdp"), *([None] * (x.ndim - 1)))), batch_np)
 
     def _compile_step(self, batch_np: dict):
         if self.vae_mode:
@@ -316,9 +323,7 @@ class Trainer:
 
         r = self.cfg.run
         self.ckpt_dir = os.path.join(self.out_dir, "checkpoints")
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=r.keep, create=True, enable_async_checkpointing=r.async_save
-        )
+        options = ocp.CheckpointManagerOptions(max_to_keep=r.keep, create=True, enable_async_checkpointing=r.async_save)
         self.mngr = ocp.CheckpointManager(self.ckpt_dir, options=options, item_names=("state", "data", "config"))
 
     def save(self, state: dict, step: int) -> None:
@@ -369,8 +374,15 @@ class Trainer:
         nnx.replace_by_pure_dict(jf_st, params["janusflow"])
         nnx.replace_by_pure_dict(vae_st, params["vae"])
         return JanusFlowModel(
-            self.model_cfg, self.vae_cfg, jf_gd, jf_st, vae_gd, vae_st, mesh=self.mesh,
-            processor_dir=self.processor_dir, **special_ids(self.processor_dir),
+            self.model_cfg,
+            self.vae_cfg,
+            jf_gd,
+            jf_st,
+            vae_gd,
+            vae_st,
+            mesh=self.mesh,
+            processor_dir=self.processor_dir,
+            **special_ids(self.processor_dir),
         )
 
     def write_samples(self, state: dict, step: int) -> str | None:
@@ -396,8 +408,13 @@ class Trainer:
         """Images of a few batches from a fresh loader (the training stream's start; same every time)."""
         from janusflow_jax.training import data_sources
 
-        loader = data_sources.make_loader(self.cfg.data, processor=self.processor, gen_image_size=self.gen_image_size,
-                                          seed=self.cfg.run.seed, log=lambda m: None)
+        loader = data_sources.make_loader(
+            self.cfg.data,
+            processor=self.processor,
+            gen_image_size=self.gen_image_size,
+            seed=self.cfg.run.seed,
+            log=lambda m: None,
+        )
         return np.concatenate([next(loader)["gen"]["image"] for _ in range(n_batches)])
 
     def _write_reconstructions(self, state: dict, step: int) -> str | None:
@@ -416,8 +433,13 @@ class Trainer:
         vae_cfg = dataclasses.replace(self.vae_cfg, scaling_factor=scale)
         params = state_lib.with_ema(state["params"], state["ema"]) if state["ema"] else state["params"]
         host = {"vae": jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)}
-        meta = {"kind": "vae", "vae_config": vae_cfg.to_diffusers(), "dtype": "float32", "trained_steps": int(step),
-                "num_params": int(sum(x.size for x in jax.tree.leaves(host)))}
+        meta = {
+            "kind": "vae",
+            "vae_config": vae_cfg.to_diffusers(),
+            "dtype": "float32",
+            "trained_steps": int(step),
+            "num_params": int(sum(x.size for x in jax.tree.leaves(host))),
+        }
         dest = os.path.join(self.out_dir, "export")
         checkpoint.save_params(dest, host, meta, overwrite=True)
         self.log(f"exported the VAE (scaling_factor {scale:.5f} = 1/std of the latents) to {dest}")
@@ -437,7 +459,9 @@ class Trainer:
         if self.vae_mode:
             return self._export_vae(state, step)
         params = state_lib.with_ema(state["params"], state["ema"]) if state["ema"] else state["params"]
-        host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), {"janusflow": params["janusflow"], "vae": params["vae"]})
+        host = jax.tree.map(
+            lambda x: np.asarray(jax.device_get(x)), {"janusflow": params["janusflow"], "vae": params["vae"]}
+        )
         meta = {
             "config": self.model_cfg.official,
             "vae_config": self.vae_cfg.to_diffusers(),
