@@ -37,7 +37,7 @@ class RunConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    init_from: str | None = None  # janusflow-convert checkpoint, official HF folder, or a run's export
+    init_from: str | None = None  # janusflow-convert checkpoint, official HF folder, a run's export, or "default"
     config: str | None = None  # official-format config.json (from scratch)
     vae_config: str | None = None  # diffusers VAE config.json (from scratch)
     vae_from: str | None = None  # VAE weights: a checkpoint or diffusers folder (else init_from's VAE)

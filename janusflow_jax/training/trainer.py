@@ -114,10 +114,12 @@ class Trainer:
     # --- model ------------------------------------------------------------------------------------
 
     def _setup_model(self) -> None:
-        from janusflow_jax.model import load, load_vae
+        from janusflow_jax.model import DEFAULT_MODEL, load, load_vae
         from janusflow_jax.processing import Processor
 
         m = self.cfg.model
+        if m.init_from == "default":  # the model shipped with the package
+            m = dataclasses.replace(m, init_from=DEFAULT_MODEL)
         self.vae_mode = self.cfg.stage == "vae"
         loaded, loaded_vae = None, None
         t = time.perf_counter()
