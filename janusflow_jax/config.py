@@ -64,6 +64,7 @@ class LlamaConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # parameter storage dtype
     remat: str = "none"  # rematerialisation policy of the scanned layer body
+    scan_layers: bool = True  # False: unroll the layer loop (straight-line HLO, no while loop)
     attn_block: int = 128  # query block of causal attention (speed only; 0 = one block)
 
     def __post_init__(self):
@@ -100,6 +101,7 @@ class SiglipConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    scan_layers: bool = True  # False: unroll the block loop (straight-line HLO, no while loop)
 
     def __post_init__(self):
         _check_dtype("dtype", self.dtype)
@@ -319,11 +321,13 @@ class JanusFlowConfig:
             gen_dec=dataclasses.replace(self.gen_dec, **kw),
         )
 
-    def with_remat(self, remat: str) -> "JanusFlowConfig":
+    def with_remat(self, remat: str, scan_layers: bool = True) -> "JanusFlowConfig":
+        """Layer-loop settings of the two transformers: the remat policy, and whether the layers run
+        as a `scan` (one while loop: fast compiles) or unrolled (see README: XLA:CPU can deadlock
+        on collectives next to a while loop on simulated multi-device meshes)."""
+        kw = dict(remat=remat, scan_layers=scan_layers)
         return dataclasses.replace(
-            self,
-            llm=dataclasses.replace(self.llm, remat=remat),
-            siglip=dataclasses.replace(self.siglip, remat=remat),
+            self, llm=dataclasses.replace(self.llm, **kw), siglip=dataclasses.replace(self.siglip, **kw)
         )
 
 

@@ -277,7 +277,7 @@ class LlamaModel(nnx.Module):
         captured = jnp.zeros_like(x) if capture_layer is not None else None
         index = jnp.arange(cfg.num_hidden_layers)
         (x, captured), (extra, per_layer) = jax.lax.scan(
-            maybe_remat(body, cfg.remat), (x, captured), (layer_state, pre, index)
+            maybe_remat(body, cfg.remat), (x, captured), (layer_state, pre, index), unroll=not cfg.scan_layers
         )
         if capture_layer is not None:
             per_layer = captured

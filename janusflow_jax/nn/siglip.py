@@ -109,7 +109,7 @@ class VisionTransformer(nnx.Module):
             x = nnx.merge(graphdef, s)(x)
             return x, x if collect else None
 
-        x, per_block = jax.lax.scan(maybe_remat(body, self.cfg.remat), x, state)
+        x, per_block = jax.lax.scan(maybe_remat(body, self.cfg.remat), x, state, unroll=not self.cfg.scan_layers)
         out = self.norm(x)
         if collect:
             return out, {"patch_embed": patches, "blocks": per_block}

@@ -44,6 +44,7 @@ class ModelConfig:
     processor: str | None = None  # folder with tokenizer/processor files (else init_from)
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (master weights stay float32)
     remat: str = "none"  # none | full | dots
+    scan_layers: bool = True  # false: unroll the LLM/SigLIP layer loops (multi-device CPU meshes; see README)
     init_seed: int = 0
 
 

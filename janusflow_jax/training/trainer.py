@@ -157,7 +157,7 @@ class Trainer:
             with use_mesh(self.mesh):
                 self.abstract = nnx.eval_shape(lambda: AutoencoderKL(self.vae_cfg, rngs=nnx.Rngs(0)))
         else:
-            self.model_cfg = base_cfg.with_dtype(m.dtype, param_dtype="float32").with_remat(m.remat)
+            self.model_cfg = base_cfg.with_dtype(m.dtype, param_dtype="float32").with_remat(m.remat, m.scan_layers)
             self.gen_image_size = self.model_cfg.gen_image_size
             proc = self.processor
             norm = proc.do_normalize and proc.image_mean is not None
