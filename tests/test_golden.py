@@ -190,3 +190,23 @@ def test_greedy_generation_tokens(tiny_model, npz):
     )
     np.testing.assert_array_equal(np.asarray(tokens), d["generated_ids"])
     assert rel_err(logits, d["generated_step_logits"]) < TOL
+
+
+def test_unrolled_layers_match_reference(tiny_model, npz):
+    """`scan_layers=False` (LLM and SigLIP layers unrolled, same parameters; see README) gives the
+    official understanding logits too."""
+    import dataclasses
+
+    from flax import nnx
+
+    from janusflow_jax.model import abstract_modules
+
+    cfg = tiny_model.cfg.with_remat("none", scan_layers=False)
+    gd, _ = nnx.split(abstract_modules(cfg, tiny_model.vae_cfg, None)[0], nnx.Param)
+    m = dataclasses.replace(tiny_model, cfg=cfg, graphdef=gd)
+    d = npz("understanding")
+    pixels = nchw_to_nhwc(d["pixel_values"])
+    logits = m.understanding_logits(
+        d["input_ids"], pixels, d["images_seq_mask"], d["images_emb_mask"], attention_mask=d["attention_mask"]
+    )
+    assert rel_err(logits, d["logits"]) < TOL

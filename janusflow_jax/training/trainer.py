@@ -87,6 +87,8 @@ RESUMABLE_CHANGES = (
     "run.export_every",
     "data.num_threads",
     "model.init_from",
+    "model.remat",  # how the layer loop runs, not what it computes
+    "model.scan_layers",
     "mesh.data",
     "mesh.fsdp",
     "mesh.tensor",
