@@ -254,14 +254,15 @@ def test_gradient_accumulation_matches_one_batch():
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("shape", [{"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}, {"fsdp": 8}])
-def test_sharded_step_equals_single_device(shape):
+@functools.cache
+def _unrolled_reference_step():
+    """The tiny model with its layers unrolled, one stage-3 step on one device (shared by the meshes).
+
+    Layers unrolled (same parameters): XLA:CPU's thunk executor runs a while loop concurrently with
+    collectives that do not depend on it, and simulated devices may take them in different orders,
+    so with tensor > 1 (collectives inside the layer loop) the step can deadlock and abort on the
+    rendezvous timeout (seen ~1 in 3 runs at -O0). Straight-line layers leave one order."""
     cfg, vcfg, ocfg, _, params = _tiny()
-    # Layers unrolled (same parameters): XLA:CPU's thunk executor runs a while loop concurrently
-    # with collectives that do not depend on it, and simulated devices may take them in different
-    # orders, so with tensor > 1 (collectives inside the layer loop) the step can deadlock and abort
-    # on the rendezvous timeout (seen ~1 in 3 runs at -O0). Straight-line layers leave one order.
     cfg = cfg.with_remat("none", scan_layers=False)
     with use_mesh(make_mesh()):
         gd, _ = nnx.split(nnx.eval_shape(lambda: objective.TrainModules(cfg, vcfg, ocfg, rngs=nnx.Rngs(0))), nnx.Param)
@@ -272,6 +273,13 @@ def test_sharded_step_equals_single_device(shape):
     labels, tx, step = _step_fn(gd, params, "3", ocfg, cfg, vcfg, ema=0.9, eps=1e-3)
     st = S.init_state(params, tx, labels, jax.random.key(0), ema=True)
     ref_state, ref_m = jax.jit(step)(jax.tree.map(jnp.copy, st), batch)
+    return cfg, vcfg, ocfg, params, batch, labels, tx, step, st, ref_state, ref_m
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [{"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}, {"fsdp": 8}])
+def test_sharded_step_equals_single_device(shape):
+    cfg, vcfg, ocfg, params, batch, labels, tx, step, st, ref_state, ref_m = _unrolled_reference_step()
 
     mesh = make_mesh(shape)
     with use_mesh(mesh):
