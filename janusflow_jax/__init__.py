@@ -16,7 +16,7 @@ from janusflow_jax.config import (
     UViTEncoderConfig,
     VaeConfig,
 )
-from janusflow_jax.model import JanusFlowModel, LoadError, load
+from janusflow_jax.model import DEFAULT_MODEL, JanusFlowModel, LoadError, load
 from janusflow_jax.nn.janusflow import JanusFlow
 from janusflow_jax.nn.kv_cache import KVCache
 from janusflow_jax.nn.vae import AutoencoderKL
@@ -24,6 +24,7 @@ from janusflow_jax.nn.vae import AutoencoderKL
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MODEL",
     "JANUSFLOW_1_3B",
     "SDXL_VAE",
     "TINY",
