@@ -62,15 +62,15 @@ def main(argv=None) -> int:
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} ({jax.default_backend()}), {len(jax.devices())} device(s), dtype {args.dtype}")
     t = time.perf_counter()
-    ids_ = dict(pad_id=258, eos_id=-1)  # the bench's byte-level tokenizer; no EOS: always 32 tokens
+    special = dict(pad_id=258, eos_id=-1)  # the bench's byte-level tokenizer; no EOS: always 32 tokens
     if args.weights:
         from janusflow_jax.model import read_hf_folder
 
         cfg, vae_cfg, jf, vae = read_hf_folder(args.weights, os.path.join(args.weights, "vae"), dtype=args.dtype)
-        model = JanusFlowModel.from_host_params(cfg, vae_cfg, jf, vae, **ids_)
+        model = JanusFlowModel.from_host_params(cfg, vae_cfg, jf, vae, **special)
         print(f"weights from {args.weights}: {time.perf_counter() - t:.1f}s")
     else:
-        model = JanusFlowModel.init(cfg, vae_cfg, seed=0, **ids_)
+        model = JanusFlowModel.init(cfg, vae_cfg, seed=0, **special)
         print(f"init (random weights): {time.perf_counter() - t:.1f}s")
     peak = flops.matmul_peak(args.dtype)
     print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s")

@@ -118,24 +118,20 @@ def causal_attention(q, k, v, key_mask, scale: float, block: int, prefix=None) -
     # score matmul once per layer, and query block i reads key blocks 0..i in place. (Slicing all
     # keys up to each query block's end instead made XLA:CPU copy, RoPE fused in, ~4x the keys per
     # layer: 104 → 81-91 ms for the 816-token prefill of the `bench` size.)
-    kt = kh.transpose(0, 1, 3, 2) if block < t else None  # [B,K,H,T]
+    kt = kh.transpose(0, 1, 3, 2)  # [B,K,H,T]
     outs = []
     for a in range(0, t, block):
         e = min(a + block, t)
         mask = (jnp.arange(e)[None, :] <= jnp.arange(a, e)[:, None])[None] & key_mask[:, None, :e]
-        if kt is None:
-            blocks = [(kh[:, :, :e], "BKSH", vh[:, :, :e], "BKSH", mask)]
-        else:
-            blocks = [
-                (kt[..., j : j + block], "BKHS", vh[:, :, j : j + block], "BKSH", mask[:, :, j : j + block])
-                for j in range(0, e, block)
-            ]
-        if prefix is None:
-            o = _attend(qh[:, :, :, a:e], kh, vh, mask, scale) if kt is None else _attend_blocks(qh[:, :, :, a:e], blocks, scale)
-            empty = ~jnp.any(mask, axis=-1)
-        else:
-            o = _attend_blocks(qh[:, :, :, a:e], [(pk, "BSKH", pv, "BSKH", pm[:, None, :])] + blocks, scale)
-            empty = ~(jnp.any(mask, axis=-1) | jnp.any(pm, axis=-1, keepdims=True))
+        blocks = [
+            (kt[..., j : j + block], "BKHS", vh[:, :, j : j + block], "BKSH", mask[:, :, j : j + block])
+            for j in range(0, e, block)
+        ]
+        empty = ~jnp.any(mask, axis=-1)
+        if prefix is not None:
+            blocks.insert(0, (pk, "BSKH", pv, "BSKH", pm[:, None, :]))
+            empty &= ~jnp.any(pm, axis=-1, keepdims=True)
+        o = _attend_blocks(qh[:, :, :, a:e], blocks, scale)
         if block < t:
             o = jnp.where(empty[:, None, None, :, None], uniform, o)
         outs.append(o)
