@@ -3,6 +3,11 @@
 Public API: `load()` → `JanusFlowModel` (the parity surface), the configs and presets, the networks.
 """
 
+# First, before anything can create JAX's backends: see host_memory (CPU scratch reuse).
+from janusflow_jax import host_memory as _host_memory
+
+_host_memory.keep_host_memory()
+
 from janusflow_jax.config import (
     JANUSFLOW_1_3B,
     SDXL_VAE,

@@ -49,3 +49,31 @@ def test_prefix_form_equals_concatenation(block):
     ref = attention(q, jnp.concatenate([pk, k], 1), jnp.concatenate([pv, v], 1), mask, 0.3)
     got = jax.jit(lambda *a: causal_attention(*a, 0.3, block, (pk, pv, pm)))(q, k, v, km)
     assert rel_err(got, ref) < 1e-6
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_last_only_prefill_equals_full_forward(tiny_model, scan_layers):
+    """`last_only=True` (the last layer runs queries/attention/MLP for the last position alone)
+    returns the full forward's last-position hidden state and the same keys/values of every
+    position, with left-padded rows in the batch."""
+    import dataclasses
+
+    from flax import nnx
+
+    from janusflow_jax.nn.llama import positions_from_mask
+
+    llm = nnx.merge(tiny_model.graphdef, tiny_model.params).language_model.model
+    llm.cfg = dataclasses.replace(llm.cfg, scan_layers=scan_layers, attn_block=8)
+    b, t = 3, 21
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(b, t, llm.cfg.hidden_size)), jnp.float32)
+    mask = np.ones((b, t), np.int32)
+    mask[1, :6] = 0
+    mask[2, :13] = 0
+    pos = positions_from_mask(jnp.asarray(mask), (b, t))
+    h_full, (k_full, v_full), _ = llm(x, pos, jnp.asarray(mask), return_kv=True)
+    h_last, (k_last, v_last), _ = llm(x, pos, jnp.asarray(mask), return_kv=True, last_only=True)
+    assert h_last.shape == (b, 1, llm.cfg.hidden_size)
+    assert rel_err(h_last, h_full[:, -1:]) < 1e-6
+    assert rel_err(k_last, k_full) < 1e-6 and rel_err(v_last, v_full) < 1e-6
+    with pytest.raises(ValueError, match="last_only"):
+        llm(x, pos, jnp.asarray(mask), last_only=True, collect_hidden=True)

@@ -156,11 +156,17 @@ class LlamaAttention(nnx.Module):
 
     def project(self, x, cos, sin):
         """x `[B,T,D]` → q `[B,T,N,H]`, k, v `[B,T,K,H]` (RoPE applied to q and k)."""
+        return self.project_q(x, cos, sin), *self.project_kv(x, cos, sin)
+
+    def project_q(self, x, cos, sin):
+        q = jnp.einsum("BTD,DNH->BTNH", x, self.q_proj[...].astype(as_dtype(self.dtype)))
+        return apply_rope(q, cos, sin)
+
+    def project_kv(self, x, cos, sin):
         dt = as_dtype(self.dtype)
-        q = jnp.einsum("BTD,DNH->BTNH", x, self.q_proj[...].astype(dt))
         k = jnp.einsum("BTD,DKH->BTKH", x, self.k_proj[...].astype(dt))
         v = jnp.einsum("BTD,DKH->BTKH", x, self.v_proj[...].astype(dt))
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        return apply_rope(k, cos, sin), v
 
     def output(self, o):
         """o `[B,T,N,H]` → `[B,T,D]`, contracting N·H as one axis (then the `[N,H,D]` weight is read in
@@ -200,6 +206,17 @@ class LlamaDecoderLayer(nnx.Module):
         x = x + self.mlp(self.post_attention_layernorm(x))
         return shard(x, ("batch", "seq", "embed")), aux
 
+    def last_position(self, x, cos, sin, key_mask, scale: float):
+        """The layer's output at the last position only `[B,1,D]`, and the keys/values `[B,T,K,H]` of
+        every position (what a prefill's last layer has to produce: queries, attention, output
+        projection and MLP run for one position instead of T). The last query sees every valid key
+        (`key_mask` `[B,T]`), as it does under the causal mask."""
+        h = self.input_layernorm(x)
+        k, v = self.self_attn.project_kv(h, cos, sin)
+        q = self.self_attn.project_q(h[:, -1:], cos[:, -1:], sin[:, -1:])
+        y = x[:, -1:] + self.self_attn.output(attention(q, k, v, key_mask[:, None, :], scale))
+        return y + self.mlp(self.post_attention_layernorm(y)), (k, v)
+
 
 def make_stack(make_one, num: int, rngs: nnx.Rngs):
     """Build `num` copies of a module with parameters stacked on a leading "layers" axis."""
@@ -237,6 +254,7 @@ class LlamaModel(nnx.Module):
         return_kv: bool = False,
         collect_hidden: bool = False,
         capture_layer: int | None = None,
+        last_only: bool = False,
     ):
         """inputs_embeds `[B,T,D]`, positions `[B,T]` int (RoPE), attention_mask `[B,T]` (1 = visible key).
 
@@ -248,6 +266,10 @@ class LlamaModel(nnx.Module):
         Returns `(hidden [B,T,D] after the final norm, (k, v) | None, per-layer outputs
         [L,B,T,D] | None)`; with `capture_layer=k` the third item is instead the output of the k-th
         layer `[B,T,D]` (k = 1 … L, before the final norm: transformers' `hidden_states[k]`).
+
+        `last_only=True` (a prefill that only needs the last position's output and every position's
+        keys/values) returns hidden `[B,1,D]` of the last position: the last layer then runs its
+        queries, attention and MLP for that position alone (~1/L of the prefill's FLOPs saved).
         """
         cfg = self.cfg
         dt = as_dtype(cfg.dtype)
@@ -267,11 +289,22 @@ class LlamaModel(nnx.Module):
                 o = causal_attention(q, k, v, key_mask, scale, cfg.attn_block, pfx)
                 return o, ((k, v) if return_kv else None)
 
-            x, kv = nnx.merge(graphdef, state)(x, cos, sin, attend)
+            layer = nnx.merge(graphdef, state)
+            if last_only:
+
+                def last(x):
+                    y, kv = layer.last_position(x, cos, sin, key_mask, scale)
+                    return x.at[:, -1:].set(y), (kv if return_kv else None)
+
+                x, kv = jax.lax.cond(index == cfg.num_hidden_layers - 1, last, lambda x: layer(x, cos, sin, attend), x)
+            else:
+                x, kv = layer(x, cos, sin, attend)
             if capture_layer is not None:
                 captured = jnp.where(index == capture_layer - 1, x, captured)
             return (x, captured), (kv, x if collect_hidden else None)
 
+        if last_only and (prefix is not None or collect_hidden or capture_layer is not None):
+            raise ValueError("last_only is for a plain prefill: not with prefix, collect_hidden or capture_layer")
         if capture_layer is not None and not 1 <= capture_layer <= cfg.num_hidden_layers:
             raise ValueError(f"capture_layer must be in 1..{cfg.num_hidden_layers}, got {capture_layer}")
         pre = None if prefix is None else (prefix.k, prefix.v)
@@ -282,7 +315,7 @@ class LlamaModel(nnx.Module):
         )
         if capture_layer is not None:
             per_layer = captured
-        return self.norm(x), extra, per_layer
+        return self.norm(x[:, -1:] if last_only else x), extra, per_layer
 
     def layer_modules(self) -> list[LlamaDecoderLayer]:
         """The stacked layers as L separate modules. Call it once, outside a token loop: inside `jit`

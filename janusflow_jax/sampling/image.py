@@ -76,7 +76,9 @@ def prefill_prompt(model: JanusFlow, batch: CfgBatch) -> KVCache:
     reads them as a read-only prefix."""
     plen = batch.tokens.shape[1]
     embeds = model.language_model.embed(batch.tokens)
-    _, (k, v), _ = model.language_model.model(embeds, batch.positions[:, :plen], batch.mask, return_kv=True)
+    _, (k, v), _ = model.language_model.model(
+        embeds, batch.positions[:, :plen], batch.mask, return_kv=True, last_only=True
+    )
     return KVCache.from_prefill(k, v, batch.mask)
 
 

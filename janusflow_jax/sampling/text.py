@@ -64,8 +64,10 @@ def prefill(model: JanusFlow, inputs_embeds: jax.Array, attention_mask: jax.Arra
     """Run the prompt; returns (last-position logits [B,V], a cache with `slots` free, next positions [B])."""
     b, t, _ = inputs_embeds.shape
     positions = positions_from_mask(attention_mask, (b, t))
-    hidden, (k, v), _ = model.language_model.model(inputs_embeds, positions, attention_mask, return_kv=True)
-    logits = model.language_model.logits(hidden[:, -1:])[:, 0]
+    hidden, (k, v), _ = model.language_model.model(
+        inputs_embeds, positions, attention_mask, return_kv=True, last_only=True
+    )
+    logits = model.language_model.logits(hidden)[:, 0]
     return logits, DecodeCache.from_prefill(k, v, attention_mask, slots), positions[:, -1] + 1
 
 
