@@ -3,10 +3,10 @@
 Public API: `load()` → `JanusFlowModel` (the parity surface), the configs and presets, the networks.
 """
 
-# First, before anything can create JAX's backends: see host_memory (CPU scratch reuse).
+# First, before anything can create JAX's backends: opt-in CPU scratch reuse (see host_memory).
 from janusflow_jax import host_memory as _host_memory
 
-_host_memory.keep_host_memory()
+_host_memory.from_environment()
 
 from janusflow_jax.config import (
     JANUSFLOW_1_3B,

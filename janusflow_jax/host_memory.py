@@ -9,15 +9,19 @@ prompt, 32 new tokens) that is a 104 MB buffer, ~25,000 faults and ~45 ms of ker
 
 `keep_host_memory()` tells glibc to serve every thread from the main arena, never to `mmap` a
 request, and to return freed memory to the system only above 1 GiB of free heap top: after the first
-call the scratch buffer is reused already mapped. It is called when `janusflow_jax` is imported, and
-acts only where it can and should:
-  * Linux with glibc, and `JANUSFLOW_KEEP_HOST_MEMORY` not set to `0`;
+call the scratch buffer is reused already mapped (the bench understanding call: 0 faults, ~150 ms).
+
+It is a trade, so it is opt-in: with one arena, XLA's multi-threaded compiler and multi-device CPU
+runs contend for the malloc lock (measured: first-call compile of that understanding program ~1 s
+slower, the 8-simulated-device sharding tests ~20% slower), and memory freed by the process stays
+mapped. It pays for a long-running CPU process that makes many calls (a server, a benchmark). Turn it
+on with `JANUSFLOW_KEEP_HOST_MEMORY=1` (applied when `janusflow_jax` is imported) or by calling
+`keep_host_memory()` before JAX runs anything. It acts only where it can and should:
+  * Linux with glibc;
   * before JAX has created its backends (afterwards XLA's threads already own their arenas, and the
-    setting would not reach them: import janusflow_jax before running JAX computations);
+    setting would not reach them);
   * when JAX will run on the CPU (no accelerator plugin installed, or `JAX_PLATFORMS` starting with
     `cpu`): with an accelerator the scratch lives in device memory.
-The cost is the usual one of a retained heap: memory freed by the process stays mapped (up to 1 GiB at
-the top of the heap) instead of going back to the system.
 """
 
 from __future__ import annotations
@@ -61,12 +65,10 @@ def keep_host_memory() -> bool:
     if applied is not None:
         return applied
     applied = False
-    if os.environ.get(ENV, "1") == "0":
-        reason = f"{ENV}=0"
-    elif sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         reason = "not Linux/glibc"
     elif _jax_backends_initialized():
-        reason = "JAX backends were created before janusflow_jax was imported"
+        reason = "JAX backends already exist (it must run before JAX runs anything)"
     elif not _cpu_backend_expected():
         reason = "an accelerator backend is expected"
     else:
@@ -79,3 +81,13 @@ def keep_host_memory() -> bool:
         applied = bool(ok)
         reason = "applied" if applied else "mallopt refused a setting"
     return applied
+
+
+def from_environment() -> bool:
+    """`keep_host_memory()` if `JANUSFLOW_KEEP_HOST_MEMORY=1` (called when janusflow_jax is imported)."""
+    global reason
+    if os.environ.get(ENV, "0") == "1":
+        return keep_host_memory()
+    if applied is None:
+        reason = f"off ({ENV} is not 1)"
+    return False

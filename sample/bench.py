@@ -39,7 +39,7 @@ def timed(fn, repeats: int):
 
 
 def main(argv=None) -> int:
-    from janusflow_jax import flops
+    from janusflow_jax import flops, host_memory
     from janusflow_jax.config import VaeConfig, load_official_config
     from janusflow_jax.model import JanusFlowModel
 
@@ -49,7 +49,15 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--what", default="gen,und")
     ap.add_argument("--weights", default=None, help="official-format folder with the bench weights")
+    ap.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc malloc as it is (by default the benchmark, a long-running process, keeps "
+        "XLA's scratch memory mapped between calls: janusflow_jax/host_memory.py)",
+    )
     args = ap.parse_args(argv)
+    if not args.default_malloc:
+        host_memory.keep_host_memory()
 
     folder = os.path.join(HERE, "configs", args.size)
     settings = json.load(open(os.path.join(folder, "bench_settings.json")))
@@ -61,6 +69,7 @@ def main(argv=None) -> int:
     vae_cfg = dataclasses.replace(vae_cfg, dtype=args.dtype, param_dtype=args.dtype)
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} ({jax.default_backend()}), {len(jax.devices())} device(s), dtype {args.dtype}")
+    print(f"host memory reuse (janusflow_jax.host_memory): {host_memory.reason}")
     t = time.perf_counter()
     special = dict(pad_id=258, eos_id=-1)  # the bench's byte-level tokenizer; no EOS: always 32 tokens
     if args.weights:
