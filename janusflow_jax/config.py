@@ -22,6 +22,7 @@ __all__ = [
     "UViTEncoderConfig",
     "UViTDecoderConfig",
     "VaeConfig",
+    "VQConfig",
     "JanusFlowConfig",
     "ConfigError",
     "SIGLIP_MODELS",
@@ -255,6 +256,40 @@ class VaeConfig:
             "latents_mean": None,
             "latents_std": None,
         }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VQConfig:
+    """LlamaGen VQ tokenizer ("VQ-16" in Janus): encoder, l2-normalised codebook, decoder.
+
+    Defaults are the official `vq_model.ModelArgs` / `Encoder` / `Decoder` defaults (the real
+    Janus checkpoints build `VQ_16()` with no arguments, so their config.json names no VQ size).
+    Fixed by the official code, not configurable: GroupNorm 32 groups, eps 1e-6, swish, dropout 0.
+    """
+
+    codebook_size: int = 16384  # codebook rows K (= image vocabulary of gen_head / gen_embed)
+    codebook_embed_dim: int = 8  # code dimension
+    codebook_l2_norm: bool = True  # normalise latents and codebook rows before the lookup
+    encoder_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # channel multiplier per encoder level
+    decoder_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # per decoder level (listed from level 0)
+    z_channels: int = 256  # encoder output / decoder input channels
+    ch: int = 128  # base channels
+    num_res_blocks: int = 2  # ResnetBlocks per encoder level (the decoder has one more)
+    norm_groups: int = 32  # GroupNorm groups (fixed in the official code)
+    norm_eps: float = 1e-6
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        _check_dtype("dtype", self.dtype)
+        _check_dtype("param_dtype", self.param_dtype)
+        for c in [self.ch * m for m in self.encoder_ch_mult + self.decoder_ch_mult] + [self.z_channels]:
+            if c % self.norm_groups:
+                raise ConfigError(f"VQ channels {c} are not a multiple of the {self.norm_groups} GroupNorm groups")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.encoder_ch_mult) - 1)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -27,6 +27,8 @@ import numpy as np
 
 __all__ = [
     "Rule",
+    "stamp",
+    "stamp_ignored",
     "JANUSFLOW_RULES",
     "JANUSFLOW_IGNORED",
     "VAE_RULES",
@@ -49,6 +51,19 @@ class Rule:
     pattern: str
     target: str
     transform: str = "identity"
+
+
+def stamp(rules: Iterable[Rule], torch_prefix: str, jax_prefix: str) -> tuple[Rule, ...]:
+    """A table written relative to one module, placed under a prefix of the whole model: the torch
+    prefix is prepended to every pattern (escaped), the JAX prefix to every target (`{n}` groups and
+    the `*` layer marker keep their meaning)."""
+    tp = re.escape(torch_prefix)
+    jp = jax_prefix + "." if jax_prefix and not jax_prefix.endswith(".") else jax_prefix
+    return tuple(Rule(tp + r.pattern, jp + r.target, r.transform) for r in rules)
+
+
+def stamp_ignored(patterns: Iterable[str], torch_prefix: str) -> tuple[str, ...]:
+    return tuple(re.escape(torch_prefix) + p for p in patterns)
 
 
 # --- the JanusFlow table -----------------------------------------------------------------------
