@@ -380,13 +380,7 @@ _LLAMA_KNOWN = frozenset(
     "pretraining_tp rope_scaling head_dim bos_token_id eos_token_id pad_token_id initializer_range use_cache "
     "attention_dropout mlp_bias _name_or_path architectures transformers_version".split()
 )
-_LLAMA_REQUIRED = (
-    "hidden_size",
-    "intermediate_size",
-    "num_attention_heads",
-    "num_hidden_layers",
-    "vocab_size",
-)
+_LLAMA_REQUIRED = ("num_hidden_layers", "vocab_size")
 _TOP_KNOWN = frozenset(
     "architectures language_config model_type torch_dtype transformers_version vision_gen_dec_config "
     "vision_gen_enc_config vision_und_enc_config hardcoded_dims _name_or_path".split()
@@ -434,44 +428,72 @@ def _section(d: dict, name: str, cls_names: tuple[str, ...]) -> dict:
     return params
 
 
-def from_official_json(d: dict[str, Any], *, gen_image_size: int | None = None) -> JanusFlowConfig:
-    """Parse the official JanusFlow `config.json` (as a dict) into a JanusFlowConfig."""
-    if not isinstance(d, dict):
-        raise ConfigError("config.json: top level must be an object")
-    _unknown(d, _TOP_KNOWN, "config.json")
-    if "language_config" not in d:
-        raise ConfigError("config.json: missing section 'language_config'")
-    lc = d["language_config"]
-    _unknown(lc, _LLAMA_KNOWN, "config.json language_config")
-    _require(lc, _LLAMA_REQUIRED, "config.json language_config")
-    if lc.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"language_config.hidden_act={lc['hidden_act']!r} unsupported (only silu)")
-    if lc.get("attention_bias", False) or lc.get("mlp_bias", False):
-        raise ConfigError("language_config: attention/mlp biases are not supported")
-    if lc.get("tie_word_embeddings", False):
-        raise ConfigError("language_config: tied embeddings are not supported (JanusFlow has an untied lm_head)")
-    if lc.get("rope_scaling") is not None:
-        raise ConfigError("language_config: rope_scaling is not supported")
-    if lc.get("pretraining_tp", 1) != 1:
-        raise ConfigError("language_config: pretraining_tp != 1 is not supported")
-    llm = LlamaConfig(
-        vocab_size=int(lc["vocab_size"]),
-        hidden_size=int(lc["hidden_size"]),
-        intermediate_size=int(lc["intermediate_size"]),
-        num_hidden_layers=int(lc["num_hidden_layers"]),
-        num_attention_heads=int(lc["num_attention_heads"]),
-        num_key_value_heads=int(lc.get("num_key_value_heads") or lc["num_attention_heads"]),
-        head_dim_override=lc.get("head_dim"),
-        rms_norm_eps=float(lc.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(lc.get("rope_theta", 10000.0)),
-        max_position_embeddings=int(lc.get("max_position_embeddings", 2048)),
-    )
+# transformers' `LlamaConfig` defaults: the real Janus-Pro-7B `language_config` states only
+# num_hidden_layers, vocab_size and max_position_embeddings and leaves the rest to these.
+LLAMA_DEFAULTS: dict[str, Any] = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_attention_heads=32,
+    num_key_value_heads=None,  # None: = num_attention_heads
+    rms_norm_eps=1e-6,
+    rope_theta=10000.0,
+    max_position_embeddings=2048,
+    hidden_act="silu",
+    attention_bias=False,
+    mlp_bias=False,
+    tie_word_embeddings=False,
+    rope_scaling=None,
+    pretraining_tp=1,
+    head_dim=None,
+)
 
-    up = _section(d, "vision_und_enc_config", ("CLIPVisionTower",))
-    _unknown(up, _UND_KNOWN, "config.json vision_und_enc_config.params")
+
+def parse_llama(lc: Any, where: str = "config.json language_config") -> LlamaConfig:
+    """The official `language_config` (a transformers LlamaConfig dict) with LlamaConfig's defaults
+    filled in. `vocab_size` and `num_hidden_layers` are required: every real config states them, and
+    transformers' 32000-token / 32-layer defaults would silently build a different model."""
+    if not isinstance(lc, dict):
+        raise ConfigError(f"{where} must be an object")
+    _unknown(lc, _LLAMA_KNOWN, where)
+    _require(lc, _LLAMA_REQUIRED, where)
+    c = {**LLAMA_DEFAULTS, **{k: v for k, v in lc.items() if v is not None or k not in LLAMA_DEFAULTS}}
+    if c["hidden_act"] != "silu":
+        raise ConfigError(f"{where}: hidden_act={c['hidden_act']!r} unsupported (only silu)")
+    if c["attention_bias"] or c["mlp_bias"]:
+        raise ConfigError(f"{where}: attention/mlp biases are not supported")
+    if c["tie_word_embeddings"]:
+        raise ConfigError(f"{where}: tied embeddings are not supported (the Janus family has an untied lm_head)")
+    if c["rope_scaling"] is not None:
+        raise ConfigError(f"{where}: rope_scaling is not supported")
+    if c["pretraining_tp"] != 1:
+        raise ConfigError(f"{where}: pretraining_tp != 1 is not supported")
+    try:
+        return LlamaConfig(
+            vocab_size=int(c["vocab_size"]),
+            hidden_size=int(c["hidden_size"]),
+            intermediate_size=int(c["intermediate_size"]),
+            num_hidden_layers=int(c["num_hidden_layers"]),
+            num_attention_heads=int(c["num_attention_heads"]),
+            num_key_value_heads=int(c["num_key_value_heads"] or c["num_attention_heads"]),
+            head_dim_override=None if c["head_dim"] is None else int(c["head_dim"]),
+            rms_norm_eps=float(c["rms_norm_eps"]),
+            rope_theta=float(c["rope_theta"]),
+            max_position_embeddings=int(c["max_position_embeddings"]),
+        )
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def parse_siglip(up: dict, where: str) -> SiglipConfig:
+    """The `params` of an official `CLIPVisionTower` section (JanusFlow `vision_und_enc_config`,
+    Janus `vision_config`): the SigLIP table entry by model_name (or the `siglip_vit_cfg` override)
+    and the block count left by `select_layer`."""
+    _unknown(up, _UND_KNOWN, f"config.json {where}.params")
     model_name = up.get("model_name", "siglip_large_patch16_384")
     if not str(model_name).startswith("siglip"):
-        raise ConfigError(f"vision_und_enc_config.params.model_name={model_name!r}: only SigLIP towers are supported")
+        raise ConfigError(f"{where}.params.model_name={model_name!r}: only SigLIP towers are supported")
     if "siglip_vit_cfg" in up:
         vc = up["siglip_vit_cfg"]
         _require(vc, ("patch_size", "width", "layers", "heads", "mlp_ratio"), "siglip_vit_cfg")
@@ -479,19 +501,19 @@ def from_official_json(d: dict[str, Any], *, gen_image_size: int | None = None) 
         vc = SIGLIP_MODELS[model_name]
     else:
         raise ConfigError(
-            f"vision_und_enc_config.params.model_name={model_name!r} is not a known SigLIP model "
+            f"{where}.params.model_name={model_name!r} is not a known SigLIP model "
             f"({sorted(SIGLIP_MODELS)}) and no siglip_vit_cfg is given"
         )
     select_layer = int(up.get("select_layer", -2))  # CLIPVisionTower's default
     if up.get("select_layers"):
-        raise ConfigError("vision_und_enc_config.params.select_layers is not supported")
+        raise ConfigError(f"{where}.params.select_layers is not supported")
     layers = int(vc["layers"])
     depth = min(layers, layers + select_layer + 1) if select_layer <= 0 else min(layers, select_layer)
     if depth <= 0:
         raise ConfigError(f"select_layer={select_layer} leaves no SigLIP blocks")
     width = int(vc["width"])
     pm, ps = up.get("pixel_mean"), up.get("pixel_std")
-    siglip = SiglipConfig(
+    return SiglipConfig(
         image_size=int(up.get("image_size", vc.get("image_size", 336))),
         patch_size=int(vc["patch_size"]),
         width=width,
@@ -501,6 +523,17 @@ def from_official_json(d: dict[str, Any], *, gen_image_size: int | None = None) 
         pixel_mean=tuple(pm) if pm is not None and ps is not None else None,
         pixel_std=tuple(ps) if pm is not None and ps is not None else None,
     )
+
+
+def from_official_json(d: dict[str, Any], *, gen_image_size: int | None = None) -> JanusFlowConfig:
+    """Parse the official JanusFlow `config.json` (as a dict) into a JanusFlowConfig."""
+    if not isinstance(d, dict):
+        raise ConfigError("config.json: top level must be an object")
+    _unknown(d, _TOP_KNOWN, "config.json")
+    if "language_config" not in d:
+        raise ConfigError("config.json: missing section 'language_config'")
+    llm = parse_llama(d["language_config"])
+    siglip = parse_siglip(_section(d, "vision_und_enc_config", ("CLIPVisionTower",)), "vision_und_enc_config")
 
     ep = _section(d, "vision_gen_enc_config", ("ShallowUViTEncoder",))
     _unknown(ep, _ENC_KNOWN, "config.json vision_gen_enc_config.params")

@@ -18,20 +18,16 @@ import numpy as np
 from flax import nnx
 
 from janusflow_jax import checkpoint, config as config_lib, weights
+from janusflow_jax.base import LoadError, ModelBase, place_params as _place, restore_target as _restore_target
+from janusflow_jax.base import special_ids
 from janusflow_jax.config import ConfigError, JanusFlowConfig, VaeConfig
 from janusflow_jax.nn.janusflow import JanusFlow
-from janusflow_jax.nn.llama import positions_from_mask
 from janusflow_jax.nn.vae import AutoencoderKL
 from janusflow_jax.safetensors_io import WeightFileError, refuse_pickle
 from janusflow_jax.sampling import image as image_sampling
-from janusflow_jax.sampling import text as text_sampling
 from janusflow_jax.sharding import make_mesh, state_shardings, use_mesh
 
-__all__ = ["JanusFlowModel", "load", "abstract_modules", "LoadError"]
-
-
-class LoadError(ValueError):
-    pass
+__all__ = ["JanusFlowModel", "load", "abstract_modules", "LoadError", "special_ids"]
 
 
 def abstract_modules(cfg: JanusFlowConfig, vae_cfg: VaeConfig, mesh=None):
@@ -40,39 +36,6 @@ def abstract_modules(cfg: JanusFlowConfig, vae_cfg: VaeConfig, mesh=None):
         jf = nnx.eval_shape(lambda: JanusFlow(cfg, rngs=nnx.Rngs(0)))
         vae = nnx.eval_shape(lambda: AutoencoderKL(vae_cfg, rngs=nnx.Rngs(0)))
     return jf, vae
-
-
-def _place(abstract, pure: dict, mesh) -> tuple[Any, Any]:
-    """Put a nested dict of host arrays into the abstract module's Param state, sharded."""
-    graphdef, state = nnx.split(abstract, nnx.Param)
-    shardings = nnx.to_pure_dict(state_shardings(state, mesh))
-    nnx.replace_by_pure_dict(state, jax.tree.map(lambda x, s: jax.device_put(x, s), pure, shardings))
-    return graphdef, state
-
-
-def _restore_target(abstract, mesh) -> dict:
-    """ShapeDtypeStructs (the model's dtype, sharded on `mesh`) for an Orbax restore."""
-    _, state = nnx.split(abstract, nnx.Param)
-    shardings = nnx.to_pure_dict(state_shardings(state, mesh))
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nnx.to_pure_dict(state), shardings
-    )
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _llm_logits(graphdef, params, ids, mask):
-    m = nnx.merge(graphdef, params)
-    lm = m.language_model
-    hidden, _, _ = lm.model(lm.embed(ids), positions_from_mask(mask, ids.shape), mask)
-    return lm.logits(hidden)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _understanding_logits(graphdef, params, ids, pixels, seq_mask, emb_mask, mask):
-    m = nnx.merge(graphdef, params)
-    embeds = m.prepare_inputs_embeds(ids, pixels, seq_mask, emb_mask)
-    hidden, _, _ = m.language_model.model(embeds, positions_from_mask(mask, ids.shape), mask)
-    return m.language_model.logits(hidden)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -102,13 +65,6 @@ def _sample_latents(graphdef, params, prompt_ids, prompt_mask, z0, cfg_weight, n
     return image_sampling.sample_latents(
         m, batch, z0.astype(m.dtype), num_steps=num_steps, cfg_weight=cfg_weight, solver=solver, use_cache=use_cache
     )
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "opts"))
-def _generate_text(graphdef, params, ids, pixels, seq_mask, emb_mask, mask, key, temperature, top_p, opts):
-    m = nnx.merge(graphdef, params)
-    embeds = m.prepare_inputs_embeds(ids, pixels, seq_mask, emb_mask)
-    return text_sampling.generate(m, embeds, mask, key, opts, temperature, top_p)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "vae_graphdef", "num_steps", "solver", "pad_id", "progress"))
@@ -169,7 +125,7 @@ def _t1000(t, batch: int) -> jax.Array:
 
 
 @dataclasses.dataclass
-class JanusFlowModel:
+class JanusFlowModel(ModelBase):
     """A loaded JanusFlow: configs, parameters (sharded on `mesh`) and the jitted entry points."""
 
     cfg: JanusFlowConfig
@@ -183,6 +139,8 @@ class JanusFlowModel:
     pad_id: int = 0  # pad id (masked CFG prompt tokens, left padding, tokens after EOS)
     eos_id: int | None = None  # end of sentence; None: decoding never stops early
     bos_id: int | None = None
+
+    family = "janusflow"
 
     # --- construction -------------------------------------------------------------------------
 
@@ -212,39 +170,10 @@ class JanusFlowModel:
         return cls(cfg, vae_cfg, *out, mesh=m, **kw)
 
     @property
-    def module(self) -> JanusFlow:
-        """The merged nnx module (eager use, tests)."""
-        return nnx.merge(self.graphdef, self.params)
-
-    @property
     def vae(self) -> AutoencoderKL:
         return nnx.merge(self.vae_graphdef, self.vae_params)
 
-    @property
-    def dtype(self):
-        return jnp.dtype(self.cfg.llm.dtype)
-
     # --- the parity surface -------------------------------------------------------------------
-
-    def llm_logits(self, input_ids, attention_mask=None) -> jax.Array:
-        ids = jnp.asarray(input_ids, jnp.int32)
-        mask = jnp.ones(ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
-        return _llm_logits(self.graphdef, self.params, ids, mask)
-
-    def _und_inputs(self, input_ids, pixel_values, images_seq_mask, images_emb_mask, attention_mask):
-        ids = jnp.asarray(input_ids, jnp.int32)
-        mask = jnp.ones(ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
-        return (
-            ids,
-            jnp.asarray(pixel_values, self.dtype),
-            jnp.asarray(images_seq_mask, jnp.bool_),
-            jnp.asarray(images_emb_mask, jnp.bool_),
-            mask,
-        )
-
-    def understanding_logits(self, input_ids, pixel_values, images_seq_mask, images_emb_mask, attention_mask=None):
-        inputs = self._und_inputs(input_ids, pixel_values, images_seq_mask, images_emb_mask, attention_mask)
-        return _understanding_logits(self.graphdef, self.params, *inputs)
 
     def gen_encode(self, z, t):
         z = jnp.asarray(z, self.dtype)
@@ -310,86 +239,7 @@ class JanusFlowModel:
             pad_id=self.pad_id,
         )
 
-    def generate_text(
-        self,
-        input_ids,
-        pixel_values,
-        images_seq_mask,
-        images_emb_mask,
-        *,
-        attention_mask=None,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        return_logits: bool = False,
-    ):
-        """New token ids `[B, max_new_tokens]` (KV-cached; positions after EOS hold the pad id).
-
-        With `return_logits=True` also returns the float32 logits each token was chosen from."""
-        if int(max_new_tokens) <= 0:
-            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-        inputs = self._und_inputs(input_ids, pixel_values, images_seq_mask, images_emb_mask, attention_mask)
-        ids = inputs[0]
-        if ids.shape[1] + int(max_new_tokens) > self.cfg.llm.max_position_embeddings:
-            raise ValueError(
-                f"prompt of {ids.shape[1]} tokens + {max_new_tokens} new tokens exceeds the context "
-                f"({self.cfg.llm.max_position_embeddings})"
-            )
-        opts = text_sampling.DecodeOptions(
-            max_new_tokens=int(max_new_tokens),
-            eos_id=-1 if self.eos_id is None else int(self.eos_id),
-            pad_id=int(self.pad_id),
-            greedy=float(temperature) <= 0.0,
-        )
-        state = self._run(
-            _generate_text,
-            self.graphdef,
-            self.params,
-            *inputs,
-            jax.random.key(seed),
-            jnp.float32(temperature),
-            jnp.float32(top_p),
-            opts=opts,
-        )
-        return (state.tokens, state.logits) if return_logits else state.tokens
-
     # --- the high-level API ------------------------------------------------------------------
-
-    def _run(self, fn, *args, **static):
-        """Call jitted `fn`, compiling ahead of time once per input signature, and record the
-        seconds spent compiling and running in `self.timings` (for progress reports and benchmarks)."""
-        import time
-
-        # Keyed on the tree structure and each leaf's shape/dtype: cheap (flattening ~100 leaves
-        # takes well under a millisecond, where printing the tree took ~5 ms on every call).
-        leaves, treedef = jax.tree.flatten(args)
-        sig = (
-            fn.__name__,
-            tuple(sorted(static.items())),
-            treedef,
-            tuple((np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves),
-        )
-        cache = self.__dict__.setdefault("_compiled", {})
-        t0 = time.perf_counter()
-        if sig not in cache:
-            cache[sig] = fn.lower(*args, **static).compile()
-        t1 = time.perf_counter()
-        # the compiled program takes only the dynamic arguments (graph definitions are static)
-        out = jax.block_until_ready(cache[sig](*[a for a in args if not isinstance(a, nnx.GraphDef)]))
-        t2 = time.perf_counter()
-        timings = self.__dict__.setdefault("timings", {"compile_s": 0.0, "run_s": 0.0})
-        timings["compile_s"] += t1 - t0
-        timings["run_s"] += t2 - t1
-        return out
-
-    @functools.cached_property
-    def processor(self):
-        from janusflow_jax.processing import Processor
-
-        if self.processor_dir is None:
-            raise LoadError("this model has no tokenizer/processor files (load it from a folder that has them)")
-        return Processor.from_pretrained(self.processor_dir)
 
     def latent_shape(self) -> tuple[int, int, int]:
         side = self.cfg.latent_size(self.vae_cfg)
@@ -469,45 +319,6 @@ class JanusFlowModel:
             )
         return np.concatenate([np.asarray(o) for o in out])
 
-    def answer(
-        self,
-        images: list,
-        questions: list[str],
-        *,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        bucket: int = 64,
-    ) -> list[str]:
-        """Answers (special tokens stripped), one per (image, question or conversation) pair."""
-        proc = self.processor
-        inputs = proc.encode_understanding(list(images), list(questions))
-        t = inputs["input_ids"].shape[1]
-        length = -(-t // bucket) * bucket
-        if t + max_new_tokens > self.cfg.llm.max_position_embeddings:
-            raise ValueError(
-                f"prompt of {t} tokens + {max_new_tokens} new tokens exceeds the context of "
-                f"{self.cfg.llm.max_position_embeddings} positions"
-            )
-        length = min(length, self.cfg.llm.max_position_embeddings - max_new_tokens)
-        pad = length - t
-        ids = np.pad(inputs["input_ids"], ((0, 0), (pad, 0)), constant_values=proc.pad_id)
-        mask = np.pad(inputs["attention_mask"], ((0, 0), (pad, 0)))
-        seq = np.pad(inputs["images_seq_mask"], ((0, 0), (pad, 0)))
-        tokens = self.generate_text(
-            ids,
-            inputs["pixel_values"],
-            seq,
-            inputs["images_emb_mask"],
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-        )
-        return [proc.decode(row) for row in np.asarray(tokens)]
-
     def vae_decode(self, latents) -> jax.Array:
         """Scaled latents `[B,h,w,C]` → images `[B,H,W,3]` in about [-1, 1] (divides by scaling_factor)."""
         dt = jnp.dtype(self.vae_cfg.dtype)
@@ -559,34 +370,6 @@ def read_hf_folder(model_dir: str, vae_dir: str, *, dtype: str = "float32", prog
         progress=progress,
     )
     return cfg, vae_cfg, jf, vae
-
-
-SPECIAL_TOKENS = {
-    "bos_id": "<｜begin▁of▁sentence｜>",
-    "eos_id": "<｜end▁of▁sentence｜>",
-    "pad_id": "<｜▁pad▁｜>",
-}
-
-
-def special_ids(folder: str | None) -> dict[str, int]:
-    """BOS/EOS/pad ids read from `folder/tokenizer.json` (never assumed); {} without a tokenizer."""
-    if folder is None or not os.path.isfile(os.path.join(folder, "tokenizer.json")):
-        return {}
-    import json
-
-    with open(os.path.join(folder, "tokenizer.json"), encoding="utf-8") as f:
-        tok = json.load(f)
-    by_text = {a.get("content"): int(a["id"]) for a in tok.get("added_tokens", [])}
-    vocab = tok.get("model", {}).get("vocab", {})
-    out = {}
-    for field, text in SPECIAL_TOKENS.items():
-        if text in by_text:
-            out[field] = by_text[text]
-        elif isinstance(vocab, dict) and text in vocab:
-            out[field] = int(vocab[text])
-    if "pad_id" not in out and "eos_id" in out:
-        out["pad_id"] = out["eos_id"]  # the official processor's fallback
-    return out
 
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")

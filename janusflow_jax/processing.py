@@ -55,10 +55,13 @@ def sft_prompt(conversation: Sequence[dict], system_prompt: str = SYSTEM_PROMPT)
 class Processor:
     """Tokenizer + templates + image preprocessing of one checkpoint folder."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, family: str = "janusflow"):
         from tokenizers import AddedToken, Tokenizer
 
+        if family not in ("janusflow", "janus"):
+            raise ProcessorError(f"unknown model family {family!r}")
         self.folder = folder
+        self.family = family
         tok_path = os.path.join(folder, "tokenizer.json")
         if not os.path.isfile(tok_path):
             raise ProcessorError(f"{tok_path}: file not found")
@@ -78,17 +81,21 @@ class Processor:
         if self.sft_format not in TEMPLATES:
             raise ProcessorError(f"processor_config.json: unknown sft_format {self.sft_format!r}")
         self.roles = TEMPLATES[self.sft_format]
-        # Tags missing from the vocabulary are added in the official order (next free id each).
-        for tag in (self.image_tag, self.image_gen_tag, self.image_start_tag, self.image_end_tag):
+        # Tags missing from the vocabulary are added in the official order (next free id each);
+        # Janus's processor adds only the image tag.
+        tags = (self.image_tag, self.image_gen_tag, self.image_start_tag, self.image_end_tag)
+        for tag in tags if family == "janusflow" else tags[:1]:
             if self.tokenizer.token_to_id(tag) is None:
                 self.tokenizer.add_special_tokens([AddedToken(tag, special=True, normalized=False)])
         self.image_id = self.tokenizer.token_to_id(self.image_tag)
         self.image_start_id = self.tokenizer.token_to_id(self.image_start_tag)
         self.image_end_id = self.tokenizer.token_to_id(self.image_end_tag)
-        self.image_gen_id = self.tokenizer.token_to_id(self.image_gen_tag)
+        self.image_gen_id = self.tokenizer.token_to_id(self.image_gen_tag)  # None for Janus
         self.bos_id = self.tokenizer.token_to_id(BOS_TEXT)
         self.eos_id = self.tokenizer.token_to_id(EOS_TEXT)
-        pad = self.tokenizer.token_to_id(PAD_TEXT)
+        pad = self.tokenizer.token_to_id(pc.get("pad_tag", PAD_TEXT))
+        if family == "janus" and pad is None:
+            raise ProcessorError(f"{tok_path}: no {pc.get('pad_tag', PAD_TEXT)} token (Janus's CFG needs the pad id)")
         self.pad_id = pad if pad is not None else self.eos_id
         if self.eos_id is None:
             raise ProcessorError(f"{tok_path}: no {EOS_TEXT} token")
@@ -107,8 +114,13 @@ class Processor:
         self.background_color = (127, 127, 127) if mean is None else tuple(int(x * 255) for x in mean)
 
     @classmethod
-    def from_pretrained(cls, folder: str) -> "Processor":
-        return cls(folder)
+    def from_pretrained(cls, folder: str, family: str = "janusflow") -> "Processor":
+        return cls(folder, family)
+
+    @property
+    def image_slots(self) -> int:
+        """Embedding slots per image in the understanding prompt: JanusFlow also overwrites BOI."""
+        return self.num_image_tokens + (1 if self.family == "janusflow" else 0)
 
     def __len__(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
@@ -207,9 +219,12 @@ class Processor:
                 raise ProcessorError("each conversation needs exactly one image placeholder")
             rows.append(ids)
         input_ids, mask = self.left_pad(rows)
-        seq_mask = ((input_ids == self.image_id) | (input_ids == self.image_start_id)) & (mask == 1)
+        seq_mask = input_ids == self.image_id
+        if self.family == "janusflow":  # JanusFlow's BOI slot takes `beg_of_und_embed`
+            seq_mask |= input_ids == self.image_start_id
+        seq_mask &= mask == 1
         pixels = np.stack([self.preprocess_image(im) for im in images])[:, None]
-        emb_mask = np.ones((len(rows), 1, self.num_image_tokens + 1), bool)
+        emb_mask = np.ones((len(rows), 1, self.image_slots), bool)
         return dict(
             input_ids=input_ids,
             attention_mask=mask,

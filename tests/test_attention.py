@@ -70,10 +70,11 @@ def test_last_only_prefill_equals_full_forward(tiny_model, scan_layers):
     mask[1, :6] = 0
     mask[2, :13] = 0
     pos = positions_from_mask(jnp.asarray(mask), (b, t))
-    h_full, (k_full, v_full), _ = llm(x, pos, jnp.asarray(mask), return_kv=True)
-    h_last, (k_last, v_last), _ = llm(x, pos, jnp.asarray(mask), return_kv=True, last_only=True)
+    h_full, (k_full, v_full), _ = llm._run(x, pos, jnp.asarray(mask), return_kv=True)
+    out = llm.prefill(x, pos, jnp.asarray(mask))
+    h_last, k_last, v_last = out.hidden, out.k, out.v
     assert h_last.shape == (b, 1, llm.cfg.hidden_size)
     assert rel_err(h_last, h_full[:, -1:]) < 1e-6
     assert rel_err(k_last, k_full) < 1e-6 and rel_err(v_last, v_full) < 1e-6
     with pytest.raises(ValueError, match="last_only"):
-        llm(x, pos, jnp.asarray(mask), last_only=True, collect_hidden=True)
+        llm._run(x, pos, jnp.asarray(mask), last_only=True, collect_hidden=True)

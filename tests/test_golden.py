@@ -20,7 +20,8 @@ def test_llm_logits_and_hidden_states(tiny_model, npz):
     m = tiny_model.module
     ids = jnp.asarray(d["input_ids"], jnp.int32)
     emb = m.language_model.embed(ids)
-    hidden, _, per_layer = m.language_model.model(emb, positions_from_mask(None, ids.shape), None, collect_hidden=True)
+    out = m.language_model.model.hidden_states(emb, positions_from_mask(None, ids.shape), None)
+    hidden, per_layer = out.hidden, out.layers
     assert rel_err(emb, d["hidden_states"][0]) < TOL
     assert rel_err(per_layer[0], d["hidden_states"][1]) < TOL
     assert rel_err(hidden, d["last_hidden_state"]) < TOL
@@ -94,7 +95,7 @@ def test_velocity_one_evaluation(tiny_model, npz):
     assert rel_err(tokens, d["z_emb"]) < TOL
     embeds = jnp.concatenate([m.language_model.embed(batch.tokens), t_emb[:, None], tokens], 1)
     assert rel_err(embeds, d["llm_inputs_embeds"]) < TOL
-    hidden, _, _ = m.language_model.model(embeds, batch.positions, jnp.asarray(d["attention_mask"]))
+    hidden = m.language_model.model.forward(embeds, batch.positions, jnp.asarray(d["attention_mask"])).hidden
     assert rel_err(hidden, d["llm_last_hidden"]) < TOL
     dec_in = m.gen_decoder_input(hidden[:, -16:], 4)
     assert rel_err(dec_in, nchw_to_nhwc(d["dec_in"])) < TOL

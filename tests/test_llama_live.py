@@ -131,7 +131,7 @@ def test_cached_decode_matches_full_forward(pair):
 
     @jax.jit
     def prefill(i, p, m):
-        hidden, (k, v), _ = lm.model(lm.embed(i), p, m, return_kv=True)
+        hidden, (k, v), _ = lm.model._run(lm.embed(i), p, m, return_kv=True)  # every position's logits
         return lm.logits(hidden), DecodeCache.from_prefill(k, v, m, new + 3)
 
     @jax.jit

@@ -12,7 +12,7 @@ from flax import nnx
 
 from janusflow_jax.config import JanusFlowConfig
 from janusflow_jax.nn.kv_cache import KVCache
-from janusflow_jax.nn.layers import Linear, RMSNorm, as_dtype, normal_init, param
+from janusflow_jax.nn.layers import Linear, RMSNorm, as_dtype, normal_init, param, splice_image_embeds
 from janusflow_jax.nn.llama import LlamaForCausalLM
 from janusflow_jax.nn.siglip import CLIPVisionTower
 from janusflow_jax.nn.uvit import ShallowUViTDecoder, ShallowUViTEncoder
@@ -56,15 +56,7 @@ class JanusFlow(nnx.Module):
         """
         ids = jnp.where(input_ids < 0, 0, input_ids)
         text = self.language_model.embed(ids)
-        img = self.image_embeds(pixel_values)
-        b, t, d = text.shape
-        seq = images_seq_mask.reshape(-1).astype(jnp.bool_)
-        emb_mask = images_emb_mask.reshape(-1).astype(jnp.bool_)
-        src = jnp.nonzero(emb_mask, size=emb_mask.shape[0], fill_value=0)[0]
-        rank = jnp.clip(jnp.cumsum(seq) - 1, 0, emb_mask.shape[0] - 1)
-        gathered = img.reshape(-1, d)[src[rank]]
-        out = jnp.where(seq[:, None], gathered, text.reshape(-1, d))
-        return out.reshape(b, t, d)
+        return splice_image_embeds(text, self.image_embeds(pixel_values), images_seq_mask, images_emb_mask)
 
     # --- generation ----------------------------------------------------------------------------
 
@@ -113,11 +105,17 @@ class JanusFlow(nnx.Module):
         if cache is None:
             embeds = jnp.concatenate([prefix_embeds.astype(self.dtype), new], axis=1)
             mask = jnp.concatenate([prefix_mask.astype(jnp.bool_), new_mask], axis=1)
-            hidden, _, captured = self.language_model.model(embeds, positions, mask, capture_layer=capture_layer)
+            llm = self.language_model.model
+            if capture_layer is None:
+                hidden, captured = llm.forward(embeds, positions, mask).hidden, None
+            else:
+                out = llm.capture(embeds, positions, mask, capture_layer)
+                hidden, captured = out.hidden, out.layers
         else:
-            hidden, _, captured = self.language_model.model(
-                new, positions[:, -(n + 1) :], new_mask, prefix=cache, capture_layer=capture_layer
+            out = self.language_model.model.extend(
+                new, positions[:, -(n + 1) :], cache, new_mask, capture_layer=capture_layer
             )
+            hidden, captured = out.hidden, out.layers
         x = self.gen_decoder_input(hidden[:, -n:], x_emb.shape[1])
         v = self.gen_decode(x, skip, t_emb)
         return v if capture_layer is None else (v, captured[:, -n:])

@@ -205,3 +205,17 @@ def timestep_features(t: jax.Array, dim: int, *, max_period: float = 10000.0) ->
     if dim % 2:
         emb = jnp.pad(emb, ((0, 0), (0, 1)))
     return emb
+
+
+def splice_image_embeds(text: jax.Array, images: jax.Array, images_seq_mask, images_emb_mask) -> jax.Array:
+    """The official `prepare_inputs_embeds` splice, shared by both families: text embeddings
+    `[B, T, D]` with the image slots overwritten. The k-th True slot of `images_seq_mask` `[B, T]`
+    (row-major over the whole batch) receives the k-th True entry of `images_emb_mask` `[B, n, P]`
+    (likewise row-major) of `images` `[B, n·P, D]`."""
+    b, t, d = text.shape
+    seq = images_seq_mask.reshape(-1).astype(jnp.bool_)
+    emb_mask = images_emb_mask.reshape(-1).astype(jnp.bool_)
+    src = jnp.nonzero(emb_mask, size=emb_mask.shape[0], fill_value=0)[0]
+    rank = jnp.clip(jnp.cumsum(seq) - 1, 0, emb_mask.shape[0] - 1)
+    gathered = images.reshape(-1, d)[src[rank]].astype(text.dtype)
+    return jnp.where(seq[:, None], gathered, text.reshape(-1, d)).reshape(b, t, d)

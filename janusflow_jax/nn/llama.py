@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from janusflow_jax.config import LlamaConfig
 from janusflow_jax.nn.kv_cache import DecodeCache, KVCache
@@ -237,14 +237,60 @@ class Embed(nnx.Module):
         return jnp.take(self.embedding[...], ids, axis=0).astype(dtype)
 
 
+@struct.dataclass
+class LlamaOutput:
+    """What an LLM entry point returns (fields it does not produce are None)."""
+
+    hidden: jax.Array  # [B,T,D] after the final norm ([B,1,D]: the last position, from `prefill`)
+    k: jax.Array | None = None  # [L,B,T,K,H] keys of the inputs (`prefill`), to build a cache
+    v: jax.Array | None = None
+    layers: jax.Array | None = None  # [L,B,T,D] every layer's output (`hidden_states`), or [B,T,D] one layer's (`capture`)
+
+
 class LlamaModel(nnx.Module):
+    """Entry points: `forward` (causal over the inputs), `prefill` (last position + every K/V),
+    `extend` (inputs after a read-only cached prefix), `capture` (also one layer's output),
+    `hidden_states` (every layer's output), `decode` (one token per row from a `DecodeCache`)."""
+
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=cfg.param_dtype, rngs=rngs)
         self.layers = make_stack(lambda r: LlamaDecoderLayer(cfg, rngs=r), cfg.num_hidden_layers, rngs)
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.param_dtype)
 
-    def __call__(
+    def forward(self, inputs_embeds, positions, attention_mask=None) -> LlamaOutput:
+        """Causal self-attention over the T inputs (training, full recompute): inputs_embeds `[B,T,D]`,
+        positions `[B,T]` int (RoPE), attention_mask `[B,T]` (1 = visible key) → hidden `[B,T,D]`."""
+        return LlamaOutput(hidden=self._run(inputs_embeds, positions, attention_mask)[0])
+
+    def prefill(self, inputs_embeds, positions, attention_mask=None) -> LlamaOutput:
+        """A prompt run that only needs the last position's output and every position's keys/values:
+        hidden `[B,1,D]`, k/v `[L,B,T,K,H]`. The last layer runs its queries, attention and MLP for
+        the last position alone (~1/L of the FLOPs saved)."""
+        hidden, (k, v), _ = self._run(inputs_embeds, positions, attention_mask, return_kv=True, last_only=True)
+        return LlamaOutput(hidden=hidden, k=k, v=v)
+
+    def extend(self, inputs_embeds, positions, prefix: KVCache, attention_mask=None, *, capture_layer=None):
+        """The inputs attend to a read-only cached `prefix` plus causally among themselves (the ODE
+        steps of image generation); the prefix is not modified. With `capture_layer=k` also the
+        k-th layer's output `[B,T,D]` in `layers`."""
+        hidden, _, captured = self._run(
+            inputs_embeds, positions, attention_mask, prefix=prefix, capture_layer=capture_layer
+        )
+        return LlamaOutput(hidden=hidden, layers=captured)
+
+    def capture(self, inputs_embeds, positions, attention_mask, layer: int) -> LlamaOutput:
+        """`forward` that also returns the output of layer `layer` (1 … L, before the final norm:
+        transformers' `hidden_states[layer]`) in `layers` `[B,T,D]` (REPA)."""
+        hidden, _, captured = self._run(inputs_embeds, positions, attention_mask, capture_layer=layer)
+        return LlamaOutput(hidden=hidden, layers=captured)
+
+    def hidden_states(self, inputs_embeds, positions, attention_mask=None) -> LlamaOutput:
+        """`forward` that also returns every layer's output `[L,B,T,D]` in `layers`."""
+        hidden, _, per_layer = self._run(inputs_embeds, positions, attention_mask, collect_hidden=True)
+        return LlamaOutput(hidden=hidden, layers=per_layer)
+
+    def _run(
         self,
         inputs_embeds: jax.Array,
         positions: jax.Array,
@@ -256,8 +302,9 @@ class LlamaModel(nnx.Module):
         capture_layer: int | None = None,
         last_only: bool = False,
     ):
-        """inputs_embeds `[B,T,D]`, positions `[B,T]` int (RoPE), attention_mask `[B,T]` (1 = visible key).
+        """The one layer loop behind the entry points above.
 
+        inputs_embeds `[B,T,D]`, positions `[B,T]` int (RoPE), attention_mask `[B,T]` (1 = visible key).
         Two ways to attend (token-by-token decoding is `decode`):
           * default: causal self-attention over the T inputs (prefill, training, full recompute);
             `return_kv=True` also returns their keys/values `[L,B,T,K,H]` (to build a cache);
@@ -377,8 +424,7 @@ class LlamaForCausalLM(nnx.Module):
         """Full causal forward: ids `[B,T]` → float32 logits `[B,T,V]`."""
         if positions is None:
             positions = positions_from_mask(attention_mask, input_ids.shape)
-        hidden, _, _ = self.model(self.embed(input_ids), positions, attention_mask)
-        return self.logits(hidden)
+        return self.logits(self.model.forward(self.embed(input_ids), positions, attention_mask).hidden)
 
 
 def positions_from_mask(attention_mask: jax.Array | None, shape: tuple[int, int]) -> jax.Array:

@@ -76,10 +76,8 @@ def prefill_prompt(model: JanusFlow, batch: CfgBatch) -> KVCache:
     reads them as a read-only prefix."""
     plen = batch.tokens.shape[1]
     embeds = model.language_model.embed(batch.tokens)
-    _, (k, v), _ = model.language_model.model(
-        embeds, batch.positions[:, :plen], batch.mask, return_kv=True, last_only=True
-    )
-    return KVCache.from_prefill(k, v, batch.mask)
+    out = model.language_model.model.prefill(embeds, batch.positions[:, :plen], batch.mask)
+    return KVCache.from_prefill(out.k, out.v, batch.mask)
 
 
 def velocity_fn(model: JanusFlow, batch: CfgBatch, cache: KVCache | None, cfg_weight: float):

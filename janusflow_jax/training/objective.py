@@ -172,7 +172,7 @@ def lm_loss(model: TrainModules, rows: dict, with_images: bool):
         )
     else:
         emb = jf.language_model.embed(ids)
-    hidden, _, _ = jf.language_model.model(emb, positions_from_mask(mask, ids.shape), mask)
+    hidden = jf.language_model.model.forward(emb, positions_from_mask(mask, ids.shape), mask).hidden
     logits = jf.language_model.logits(hidden)
     return losses.next_token_sum(logits, ids, rows["loss_mask"])[0]
 

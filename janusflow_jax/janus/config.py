@@ -1,0 +1,219 @@
+"""Janus architecture config and the parser of the official Janus `config.json`.
+
+Sections (each `cls` + `params`, as in deepseek-ai/Janus-1.3B, Janus-Pro-1B/7B): `language_config`
+(a transformers LlamaConfig dict; missing fields take LlamaConfig's defaults, which Janus-Pro-7B
+relies on), `vision_config` (CLIPVisionTower), `aligner_config` / `gen_aligner_config`
+(MlpProjector), `gen_head_config` (vision_head), `gen_vision_config` (VQ-16). The official code
+builds the VQ as `VQ_16()` with no arguments, so its sizes are `VQConfig`'s defaults unless
+`gen_vision_config.params.vq_model_args` (the reference fixtures' addition) says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from janusflow_jax.config import (
+    ConfigError,
+    LlamaConfig,
+    SiglipConfig,
+    VQConfig,
+    _check_dtype,
+    _require,
+    _section,
+    _unknown,
+    parse_llama,
+    parse_siglip,
+)
+
+__all__ = ["ProjectorConfig", "GenHeadConfig", "JanusConfig", "from_official_json", "is_janus_config"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProjectorConfig:
+    """Official `MlpProjector`: "linear" (one Linear) or "mlp_gelu" (Linear, then depth−1 × (GELU, Linear))."""
+
+    projector_type: str  # "linear" | "mlp_gelu"
+    input_dim: int
+    n_embed: int  # output (and hidden) width
+    depth: int = 1
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.projector_type not in ("linear", "mlp_gelu"):
+            raise ConfigError(f"MlpProjector projector_type={self.projector_type!r} unsupported (linear, mlp_gelu)")
+        if self.depth < 1:
+            raise ConfigError(f"MlpProjector depth must be >= 1, got {self.depth}")
+        _check_dtype("dtype", self.dtype)
+
+    @property
+    def num_linears(self) -> int:
+        return 1 if self.projector_type == "linear" else self.depth
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GenHeadConfig:
+    """Official `vision_head`: Linear(n_embed → image_token_embed), exact GELU, Linear(→ image_token_size)."""
+
+    n_embed: int
+    image_token_embed: int
+    image_token_size: int
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JanusConfig:
+    llm: LlamaConfig
+    siglip: SiglipConfig
+    aligner: ProjectorConfig  # SigLIP features → LLM width (understanding)
+    gen_aligner: ProjectorConfig  # gen_embed rows → LLM width (generation input)
+    gen_head: GenHeadConfig  # LLM hidden → image-code logits
+    vq: VQConfig
+    image_token_size: int  # rows of gen_embed (= the codebook size)
+    gen_embed_dim: int  # width of gen_embed (= the code dimension)
+    gen_image_size: int  # side of generated images in pixels (the official scripts: 384)
+    official: dict | None = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+
+    family = "janus"
+
+    def __post_init__(self):
+        d = self.llm.hidden_size
+        checks = [
+            ("aligner_config.params.input_dim", self.aligner.input_dim, self.siglip.width, "the SigLIP width"),
+            ("aligner_config.params.n_embed", self.aligner.n_embed, d, "the LLM hidden_size"),
+            ("gen_aligner_config.params.input_dim", self.gen_aligner.input_dim, self.gen_embed_dim,
+             "gen_vision_config.params.n_embed"),
+            ("gen_aligner_config.params.n_embed", self.gen_aligner.n_embed, d, "the LLM hidden_size"),
+            ("gen_head_config.params.n_embed", self.gen_head.n_embed, d, "the LLM hidden_size"),
+            ("gen_head_config.params.image_token_size", self.gen_head.image_token_size, self.image_token_size,
+             "gen_vision_config.params.image_token_size"),
+            ("gen_vision_config.params.image_token_size", self.image_token_size, self.vq.codebook_size,
+             "the VQ codebook size"),
+            ("gen_vision_config.params.n_embed", self.gen_embed_dim, self.vq.codebook_embed_dim,
+             "the VQ code dimension"),
+        ]  # fmt: skip
+        for name, got, want, what in checks:
+            if got != want:
+                raise ConfigError(f"config.json {name}={got} must equal {what} ({want})")
+        if self.gen_image_size % self.vq.downsample_factor:
+            raise ConfigError(
+                f"gen_image_size {self.gen_image_size} is not a multiple of the VQ downsampling "
+                f"{self.vq.downsample_factor}"
+            )
+
+    @property
+    def gen_grid(self) -> int:
+        """Side of the generated image-code grid."""
+        return self.gen_image_size // self.vq.downsample_factor
+
+    @property
+    def num_gen_tokens(self) -> int:
+        return self.gen_grid**2
+
+    def with_dtype(self, dtype: str, param_dtype: str | None = None) -> "JanusConfig":
+        kw = dict(dtype=dtype, param_dtype=param_dtype or dtype)
+        r = dataclasses.replace
+        return r(
+            self,
+            llm=r(self.llm, **kw),
+            siglip=r(self.siglip, **kw),
+            aligner=r(self.aligner, **kw),
+            gen_aligner=r(self.gen_aligner, **kw),
+            gen_head=r(self.gen_head, **kw),
+            vq=r(self.vq, **kw),
+        )
+
+    def with_remat(self, remat: str, scan_layers: bool = True) -> "JanusConfig":
+        kw = dict(remat=remat, scan_layers=scan_layers)
+        r = dataclasses.replace
+        return r(self, llm=r(self.llm, **kw), siglip=r(self.siglip, **kw))
+
+    def with_gen_image_size(self, size: int) -> "JanusConfig":
+        return dataclasses.replace(self, gen_image_size=int(size))
+
+
+_TOP_KNOWN = frozenset(
+    "aligner_config architectures gen_aligner_config gen_head_config gen_vision_config language_config "
+    "model_type torch_dtype transformers_version vision_config _name_or_path gen_image_size".split()
+)
+_PROJ_KNOWN = frozenset("projector_type depth input_dim n_embed".split())
+_HEAD_KNOWN = frozenset("image_token_embed image_token_size n_embed".split())
+_GEN_VISION_KNOWN = frozenset("image_token_size n_embed vq_model_args".split())
+_VQ_ARGS_KNOWN = frozenset(
+    "codebook_size codebook_embed_dim codebook_l2_norm codebook_show_usage commit_loss_beta entropy_loss_ratio "
+    "encoder_ch_mult decoder_ch_mult z_channels dropout_p ch num_res_blocks".split()
+)
+
+
+def is_janus_config(d: Any) -> bool:
+    """An official Janus config.json (VQ generation path), as opposed to JanusFlow's."""
+    return isinstance(d, dict) and "gen_vision_config" in d and "language_config" in d
+
+
+def _projector(d: dict, name: str) -> ProjectorConfig:
+    p = _section(d, name, ("MlpProjector",))
+    _unknown(p, _PROJ_KNOWN, f"config.json {name}.params")
+    _require(p, ("input_dim", "n_embed"), f"config.json {name}.params")
+    return ProjectorConfig(
+        projector_type=str(p.get("projector_type", "linear")),
+        input_dim=int(p["input_dim"]),
+        n_embed=int(p["n_embed"]),
+        depth=int(p.get("depth", 1)),
+    )
+
+
+def _vq(params: dict) -> VQConfig:
+    args = params.get("vq_model_args") or {}
+    if not isinstance(args, dict):
+        raise ConfigError("config.json gen_vision_config.params.vq_model_args must be an object")
+    _unknown(args, _VQ_ARGS_KNOWN, "config.json gen_vision_config.params.vq_model_args")
+    kw: dict[str, Any] = {}
+    for k in ("codebook_size", "codebook_embed_dim", "z_channels", "ch", "num_res_blocks"):
+        if k in args:
+            kw[k] = int(args[k])
+    if "codebook_l2_norm" in args:
+        kw["codebook_l2_norm"] = bool(args["codebook_l2_norm"])
+    for k in ("encoder_ch_mult", "decoder_ch_mult"):
+        if k in args:
+            kw[k] = tuple(int(m) for m in args[k])
+    if float(args.get("dropout_p", 0.0)) != 0.0:
+        raise ConfigError("config.json gen_vision_config: dropout_p != 0 is not supported")
+    return VQConfig(**kw)
+
+
+def from_official_json(d: dict[str, Any], *, gen_image_size: int | None = None) -> JanusConfig:
+    """Parse the official Janus `config.json` (as a dict). `gen_image_size` (pixels) defaults to the
+    config's `gen_image_size` if present, else the SigLIP image size (384 for the real models: the
+    official scripts' `img_size`, 24×24 codes)."""
+    if not isinstance(d, dict):
+        raise ConfigError("config.json: top level must be an object")
+    _unknown(d, _TOP_KNOWN, "config.json")
+    if "language_config" not in d:
+        raise ConfigError("config.json: missing section 'language_config'")
+    llm = parse_llama(d["language_config"])
+    siglip = parse_siglip(_section(d, "vision_config", ("CLIPVisionTower",)), "vision_config")
+    gv = _section(d, "gen_vision_config", ("VQ-16",))
+    _unknown(gv, _GEN_VISION_KNOWN, "config.json gen_vision_config.params")
+    vq = _vq(gv)
+    hp = _section(d, "gen_head_config", ("vision_head",))
+    _unknown(hp, _HEAD_KNOWN, "config.json gen_head_config.params")
+    _require(hp, ("image_token_embed", "image_token_size", "n_embed"), "config.json gen_head_config.params")
+    size = gen_image_size or d.get("gen_image_size") or siglip.image_size
+    return JanusConfig(
+        llm=llm,
+        siglip=siglip,
+        aligner=_projector(d, "aligner_config"),
+        gen_aligner=_projector(d, "gen_aligner_config"),
+        gen_head=GenHeadConfig(
+            n_embed=int(hp["n_embed"]),
+            image_token_embed=int(hp["image_token_embed"]),
+            image_token_size=int(hp["image_token_size"]),
+        ),
+        vq=vq,
+        image_token_size=int(gv.get("image_token_size", vq.codebook_size)),
+        gen_embed_dim=int(gv.get("n_embed", vq.codebook_embed_dim)),
+        gen_image_size=int(size),
+        official=d,
+    )
