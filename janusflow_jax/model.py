@@ -375,13 +375,40 @@ def read_hf_folder(model_dir: str, vae_dir: str, *, dtype: str = "float32", prog
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
 
 
-def load(path: str | None = None, *, vae_path: str | None = None, dtype: str = "float32", mesh=None) -> JanusFlowModel:
-    """Load a JanusFlow from an official HF-format folder or a `janusflow-convert` Orbax checkpoint;
-    without `path`, the small model shipped with the package (`DEFAULT_MODEL`: trained by
+def detect_family(path: str) -> str:
+    """"janusflow" or "janus" for a model folder (its config.json) or a janusflow-jax checkpoint
+    (its metadata); anything else is a ConfigError naming what was found."""
+    if checkpoint.is_checkpoint(path):
+        meta = checkpoint.read_metadata(path)
+        fam = meta.get("family", "janusflow")  # checkpoints written before the Janus family were JanusFlow
+        if fam not in ("janusflow", "janus"):
+            raise ConfigError(f"{path}: checkpoint metadata names an unknown model family {fam!r}")
+        return fam
+    from janusflow_jax.janus import config as janus_config
+
+    d = config_lib.read_json(os.path.join(path, "config.json"))
+    if janus_config.is_janus_config(d) or janus_config.is_hf_janus_config(d):
+        return "janus"
+    if isinstance(d, dict) and "vision_gen_enc_config" in d:
+        return "janusflow"
+    keys = sorted(d)[:8] if isinstance(d, dict) else type(d).__name__
+    raise ConfigError(
+        f"{os.path.join(path, 'config.json')}: neither a JanusFlow config (vision_gen_enc_config) nor a Janus "
+        f"config (gen_vision_config, or transformers' model_type 'janus'); found {keys}"
+    )
+
+
+def load(path: str | None = None, *, vae_path: str | None = None, dtype: str = "float32", mesh=None):
+    """Load a model of either family from an official folder or a `janusflow-convert` Orbax
+    checkpoint; the family is detected from the folder (config.json fields or checkpoint metadata)
+    and the matching model object returned (`JanusFlowModel` or `JanusModel`, `.family` says which).
+    Without `path`, the small JanusFlow shipped with the package (`DEFAULT_MODEL`: trained by
     `janusflow-train` on the synthetic shapes world, see train/configs/shapes/).
 
-    HF folder: `config.json` + `model.safetensors` (+ tokenizer/processor files); the VAE comes from
-    `vae_path`, or `path/vae` when it exists. Orbax checkpoint: holds the VAE too.
+    JanusFlow folder: `config.json` + weights (+ tokenizer/processor files); the VAE comes from
+    `vae_path`, or `path/vae` when it exists. Janus folder: `config.json` + weights (the VQ tokenizer
+    is inside). Weights in any published layout (see `weight_files.open_weights`). Orbax checkpoint:
+    holds everything.
     """
     if dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"dtype must be float32 or bfloat16, got {dtype!r}")
@@ -392,6 +419,14 @@ def load(path: str | None = None, *, vae_path: str | None = None, dtype: str = "
     path = os.fspath(path)
     if not os.path.exists(path):
         raise LoadError(f"{path}: no such checkpoint or model folder")
+    if not os.path.isdir(path):
+        raise LoadError(f"{path}: not a folder (pass the model folder or checkpoint folder)")
+    if detect_family(path) == "janus":
+        if vae_path is not None:
+            raise LoadError(f"{path} is a Janus model: its VQ tokenizer is inside (drop vae_path / --vae)")
+        from janusflow_jax.janus import model as janus_model
+
+        return janus_model.load(path, dtype=dtype, mesh=mesh)
     if checkpoint.is_checkpoint(path):
         meta = checkpoint.read_metadata(path)
         cfg = config_lib.from_official_json(meta["config"]).with_dtype(dtype)

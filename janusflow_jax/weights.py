@@ -29,10 +29,16 @@ __all__ = [
     "Rule",
     "stamp",
     "stamp_ignored",
+    "LLAMA_RULES",
+    "LLAMA_IGNORED",
+    "SIGLIP_RULES",
+    "SIGLIP_IGNORED",
     "JANUSFLOW_RULES",
     "JANUSFLOW_IGNORED",
     "VAE_RULES",
     "VAE_IGNORED",
+    "VQ_RULES",
+    "VQ_IGNORED",
     "ConversionError",
     "convert_state_dict",
     "flatten_params",
@@ -68,37 +74,51 @@ def stamp_ignored(patterns: Iterable[str], torch_prefix: str) -> tuple[str, ...]
 
 # --- the JanusFlow table -----------------------------------------------------------------------
 
-_LLM = r"language_model\.model\.layers\.(\d+)\."
-_SIG = r"vision_und_enc_model\.vision_tower\."
-_SIGB = _SIG + r"blocks\.(\d+)\."
+# The shared pieces, written relative to their module and stamped onto each family's prefix.
+_LAYER = r"model\.layers\.(\d+)\."
+LLAMA_RULES: tuple[Rule, ...] = (  # a transformers LlamaForCausalLM (stacked layers, heads split out)
+    Rule(r"model\.embed_tokens\.weight", "model.embed_tokens.embedding"),
+    Rule(_LAYER + r"self_attn\.q_proj\.weight", "model.layers.*.self_attn.q_proj", "heads_in"),
+    Rule(_LAYER + r"self_attn\.k_proj\.weight", "model.layers.*.self_attn.k_proj", "heads_in"),
+    Rule(_LAYER + r"self_attn\.v_proj\.weight", "model.layers.*.self_attn.v_proj", "heads_in"),
+    Rule(_LAYER + r"self_attn\.o_proj\.weight", "model.layers.*.self_attn.o_proj", "heads_out"),
+    Rule(_LAYER + r"mlp\.gate_proj\.weight", "model.layers.*.mlp.gate_proj", "linear"),
+    Rule(_LAYER + r"mlp\.up_proj\.weight", "model.layers.*.mlp.up_proj", "linear"),
+    Rule(_LAYER + r"mlp\.down_proj\.weight", "model.layers.*.mlp.down_proj", "linear"),
+    Rule(_LAYER + r"input_layernorm\.weight", "model.layers.*.input_layernorm.weight"),
+    Rule(_LAYER + r"post_attention_layernorm\.weight", "model.layers.*.post_attention_layernorm.weight"),
+    Rule(r"model\.norm\.weight", "model.norm.weight"),
+    Rule(r"lm_head\.weight", "lm_head", "linear"),
+)
+LLAMA_IGNORED: tuple[str, ...] = (  # non-persistent RoPE buffers that some exporters still write
+    r"model\.rotary_emb\.inv_freq",
+    r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
+)
+
+_BLOCK = r"blocks\.(\d+)\."
+SIGLIP_RULES: tuple[Rule, ...] = (  # the official siglip_vit.VisionTransformer (stacked blocks, fused qkv)
+    Rule(r"pos_embed", "pos_embed", "squeeze"),
+    Rule(r"patch_embed\.proj\.weight", "patch_embed.proj.kernel", "conv"),
+    Rule(r"patch_embed\.proj\.bias", "patch_embed.proj.bias"),
+    Rule(_BLOCK + r"(norm1|norm2)\.(weight|bias)", "blocks.*.{2}.{3}"),
+    Rule(_BLOCK + r"attn\.qkv\.weight", "blocks.*.attn.qkv", "heads_in"),
+    Rule(_BLOCK + r"attn\.qkv\.bias", "blocks.*.attn.qkv_bias", "heads_bias"),
+    Rule(_BLOCK + r"attn\.proj\.weight", "blocks.*.attn.proj", "heads_out"),
+    Rule(_BLOCK + r"attn\.proj\.bias", "blocks.*.attn.proj_bias"),
+    Rule(_BLOCK + r"mlp\.(fc1|fc2)\.weight", "blocks.*.mlp.{2}.kernel", "linear"),
+    Rule(_BLOCK + r"mlp\.(fc1|fc2)\.bias", "blocks.*.mlp.{2}.bias"),
+    Rule(r"norm\.(weight|bias)", "norm.{1}"),
+)
+# timm AttentionPoolLatent head of the SigLIP tower: built (global_pool="map") and stored, but the
+# tower runs with ignore_head=True, so it never touches an output.
+SIGLIP_IGNORED: tuple[str, ...] = (r"attn_pool\..*",)
+
+_SIG = "vision_und_enc_model.vision_tower."
 _CNX = r"(vision_gen_enc_model|vision_gen_dec_model)\.mid_block\.res_blocks\.(\d+)\."
 
 JANUSFLOW_RULES: tuple[Rule, ...] = (
-    # LLM (Llama): stacked layers, heads split out of the projection matrices
-    Rule(r"language_model\.model\.embed_tokens\.weight", "language_model.model.embed_tokens.embedding"),
-    Rule(_LLM + r"self_attn\.q_proj\.weight", "language_model.model.layers.*.self_attn.q_proj", "heads_in"),
-    Rule(_LLM + r"self_attn\.k_proj\.weight", "language_model.model.layers.*.self_attn.k_proj", "heads_in"),
-    Rule(_LLM + r"self_attn\.v_proj\.weight", "language_model.model.layers.*.self_attn.v_proj", "heads_in"),
-    Rule(_LLM + r"self_attn\.o_proj\.weight", "language_model.model.layers.*.self_attn.o_proj", "heads_out"),
-    Rule(_LLM + r"mlp\.gate_proj\.weight", "language_model.model.layers.*.mlp.gate_proj", "linear"),
-    Rule(_LLM + r"mlp\.up_proj\.weight", "language_model.model.layers.*.mlp.up_proj", "linear"),
-    Rule(_LLM + r"mlp\.down_proj\.weight", "language_model.model.layers.*.mlp.down_proj", "linear"),
-    Rule(_LLM + r"input_layernorm\.weight", "language_model.model.layers.*.input_layernorm.weight"),
-    Rule(_LLM + r"post_attention_layernorm\.weight", "language_model.model.layers.*.post_attention_layernorm.weight"),
-    Rule(r"language_model\.model\.norm\.weight", "language_model.model.norm.weight"),
-    Rule(r"language_model\.lm_head\.weight", "language_model.lm_head", "linear"),
-    # SigLIP understanding tower: stacked blocks, fused qkv split into (3, heads, head_dim)
-    Rule(_SIG + r"pos_embed", "vision_und_enc_model.vision_tower.pos_embed", "squeeze"),
-    Rule(_SIG + r"patch_embed\.proj\.weight", "vision_und_enc_model.vision_tower.patch_embed.proj.kernel", "conv"),
-    Rule(_SIG + r"patch_embed\.proj\.bias", "vision_und_enc_model.vision_tower.patch_embed.proj.bias"),
-    Rule(_SIGB + r"(norm1|norm2)\.(weight|bias)", "vision_und_enc_model.vision_tower.blocks.*.{2}.{3}"),
-    Rule(_SIGB + r"attn\.qkv\.weight", "vision_und_enc_model.vision_tower.blocks.*.attn.qkv", "heads_in"),
-    Rule(_SIGB + r"attn\.qkv\.bias", "vision_und_enc_model.vision_tower.blocks.*.attn.qkv_bias", "heads_bias"),
-    Rule(_SIGB + r"attn\.proj\.weight", "vision_und_enc_model.vision_tower.blocks.*.attn.proj", "heads_out"),
-    Rule(_SIGB + r"attn\.proj\.bias", "vision_und_enc_model.vision_tower.blocks.*.attn.proj_bias"),
-    Rule(_SIGB + r"mlp\.(fc1|fc2)\.weight", "vision_und_enc_model.vision_tower.blocks.*.mlp.{2}.kernel", "linear"),
-    Rule(_SIGB + r"mlp\.(fc1|fc2)\.bias", "vision_und_enc_model.vision_tower.blocks.*.mlp.{2}.bias"),
-    Rule(_SIG + r"norm\.(weight|bias)", "vision_und_enc_model.vision_tower.norm.{1}"),
+    *stamp(LLAMA_RULES, "language_model.", "language_model"),
+    *stamp(SIGLIP_RULES, _SIG, _SIG[:-1]),
     # aligners and the understanding begin-of-image embedding
     Rule(r"(vision_und_enc_aligner|vision_gen_enc_aligner|vision_gen_dec_aligner)\.weight", "{1}.kernel", "linear"),
     Rule(r"(vision_und_enc_aligner|vision_gen_enc_aligner|vision_gen_dec_aligner)\.bias", "{1}.bias"),
@@ -141,12 +161,8 @@ JANUSFLOW_RULES: tuple[Rule, ...] = (
 
 # Stored in the official checkpoint but never used by the official forward passes.
 JANUSFLOW_IGNORED: tuple[str, ...] = (
-    # timm AttentionPoolLatent head of the SigLIP tower: built (global_pool="map") but the tower runs
-    # with ignore_head=True, so it never touches an output.
-    _SIG + r"attn_pool\..*",
-    # non-persistent RoPE buffer that some exporters still write
-    r"language_model\.model\.rotary_emb\.inv_freq",
-    r"language_model\.model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
+    *stamp_ignored(SIGLIP_IGNORED, _SIG),
+    *stamp_ignored(LLAMA_IGNORED, "language_model."),
 )
 
 # --- the diffusers AutoencoderKL table ---------------------------------------------------------
@@ -166,6 +182,31 @@ VAE_RULES: tuple[Rule, ...] = (
     *(Rule(_VATT + old + r"\.bias", "{1}." + new + ".bias") for old, new in _VATT_OLD),
 )
 VAE_IGNORED: tuple[str, ...] = ()
+
+# --- the LlamaGen VQ table ---------------------------------------------------------------------
+# Relative to the VQ module (`janusflow_jax.nn.vq.VQModel`); the Janus table stamps it under
+# "gen_vision_model.". Every conv keeps its HWIO layout except the attention q/k/v/proj_out 1×1
+# convs, stored as Linear.
+
+_QRES = r"((?:encoder|decoder)\.(?:conv_blocks\.\d+\.res|mid)\.\d+)\."
+_QATT = r"((?:encoder|decoder)\.(?:conv_blocks\.\d+\.attn|mid)\.\d+)\."
+_QCONV = r"((?:encoder|decoder)\.(?:conv_in|conv_out)|quant_conv|post_quant_conv"
+_QCONV += r"|encoder\.conv_blocks\.\d+\.downsample\.conv|decoder\.conv_blocks\.\d+\.upsample\.conv)"
+
+VQ_RULES: tuple[Rule, ...] = (
+    Rule(_QCONV + r"\.weight", "{1}.kernel", "conv"),
+    Rule(_QCONV + r"\.bias", "{1}.bias"),
+    Rule(_QRES + r"(conv1|conv2|nin_shortcut)\.weight", "{1}.{2}.kernel", "conv"),
+    Rule(_QRES + r"(conv1|conv2|nin_shortcut)\.bias", "{1}.{2}.bias"),
+    Rule(_QRES + r"(norm1|norm2)\.(weight|bias)", "{1}.{2}.{3}"),
+    Rule(_QATT + r"norm\.(weight|bias)", "{1}.norm.{2}"),
+    Rule(_QATT + r"(q|k|v|proj_out)\.weight", "{1}.{2}.kernel", "conv1x1_linear"),
+    Rule(_QATT + r"(q|k|v|proj_out)\.bias", "{1}.{2}.bias"),
+    Rule(r"(encoder|decoder)\.norm_out\.(weight|bias)", "{1}.norm_out.{2}"),
+    Rule(r"quantize\.embedding\.weight", "quantize.embedding"),
+)
+# The codebook-usage statistics buffer: written by the official training code, never read at inference.
+VQ_IGNORED: tuple[str, ...] = (r"quantize\.codebook_used",)
 
 
 # --- machinery ---------------------------------------------------------------------------------

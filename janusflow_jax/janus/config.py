@@ -26,7 +26,14 @@ from janusflow_jax.config import (
     parse_siglip,
 )
 
-__all__ = ["ProjectorConfig", "GenHeadConfig", "JanusConfig", "from_official_json", "is_janus_config"]
+__all__ = [
+    "ProjectorConfig",
+    "GenHeadConfig",
+    "JanusConfig",
+    "from_official_json",
+    "is_janus_config",
+    "is_hf_janus_config",
+]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -150,6 +157,11 @@ _VQ_ARGS_KNOWN = frozenset(
 def is_janus_config(d: Any) -> bool:
     """An official Janus config.json (VQ generation path), as opposed to JanusFlow's."""
     return isinstance(d, dict) and "gen_vision_config" in d and "language_config" in d
+
+
+def is_hf_janus_config(d: Any) -> bool:
+    """transformers' `JanusForConditionalGeneration` config (`save_pretrained` layout)."""
+    return isinstance(d, dict) and d.get("model_type") == "janus" and "vq_config" in d
 
 
 def _projector(d: dict, name: str) -> ProjectorConfig:
