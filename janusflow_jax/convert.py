@@ -1,19 +1,22 @@
-"""Conversion of an official JanusFlow folder (+ diffusers VAE) into a janusflow-jax checkpoint, or of
-a janusflow-jax checkpoint into another stored dtype."""
+"""Conversion of an official folder of either family (JanusFlow + diffusers VAE; Janus, official or
+transformers layout) into a janusflow-jax checkpoint, or of a janusflow-jax checkpoint into another
+stored dtype."""
 
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
-from janusflow_jax import checkpoint
-from janusflow_jax.config import ConfigError
-from janusflow_jax.model import LoadError, find_weights, read_hf_folder
+from janusflow_jax import checkpoint, weights
+from janusflow_jax.config import ConfigError, read_json
+from janusflow_jax.model import LoadError, detect_family, read_hf_folder
 from janusflow_jax.safetensors_io import WeightFileError
+from janusflow_jax.weight_files import open_weights
 from janusflow_jax.weights import ConversionError
 
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"
 
 ConvertError = (ConfigError, WeightFileError, ConversionError, checkpoint.CheckpointError, LoadError, OSError)
 
@@ -29,8 +32,10 @@ def convert(
 ) -> str:
     """Convert and write atomically; returns `out_dir`. Raises one of `ConvertError` on bad input.
 
-    `model_dir` may also be a janusflow-jax checkpoint (e.g. a `janusflow-train` export): its
-    parameters are re-saved in `dtype`, with its configs and processor files."""
+    `model_dir`: an official JanusFlow folder (+ diffusers VAE), a Janus folder (official or
+    transformers layout), weights in any published format; or a janusflow-jax checkpoint (e.g. a
+    `janusflow-train` export), whose parameters are re-saved in `dtype` with its configs and
+    processor files."""
     if os.path.exists(out_dir) and not overwrite:
         raise checkpoint.CheckpointError(f"{out_dir} already exists (pass --overwrite to replace it)")
     if checkpoint.is_checkpoint(model_dir):
@@ -39,28 +44,68 @@ def convert(
                 f"{model_dir} is a janusflow-jax checkpoint: it holds its VAE (drop --vae)"
             )
         return _recast(model_dir, out_dir, dtype, overwrite)
-    vae_dir = vae_dir or os.path.join(model_dir, "vae")
-    cfg, vae_cfg, jf, vae = read_hf_folder(model_dir, vae_dir, dtype=dtype, progress=progress)
+    if not os.path.isdir(model_dir):
+        raise LoadError(f"{model_dir}: not a folder")
+    family = detect_family(model_dir)
+    if family == "janus":
+        if vae_dir is not None:
+            raise LoadError(f"{model_dir} is a Janus model: its VQ tokenizer is inside (drop --vae)")
+        from janusflow_jax.janus.model import read_folder
+
+        cfg, params = read_folder(model_dir, dtype=dtype, progress=progress)
+        trees = {"janus": params}
+        folders = [(model_dir, "model")]
+        meta = {"family": "janus", "config": cfg.to_official_json(), "gen_image_size": cfg.gen_image_size}
+    else:
+        vae_dir = vae_dir or os.path.join(model_dir, "vae")
+        cfg, vae_cfg, jf, vae = read_hf_folder(model_dir, vae_dir, dtype=dtype, progress=progress)
+        trees = {"janusflow": jf, "vae": vae}
+        folders = [(model_dir, "model"), (vae_dir, "diffusion_pytorch_model")]
+        meta = {"family": "janusflow", "config": cfg.official, "vae_config": vae_cfg.to_diffusers()}
     sources = {}
-    for folder, stem in ((model_dir, "model"), (vae_dir, "diffusion_pytorch_model")):
-        path = find_weights(folder, stem)
-        sources[os.path.abspath(path)] = checkpoint.sha256_file(path)
-    for name in ("config.json",):
-        for folder in (model_dir, vae_dir):
-            p = os.path.join(folder, name)
-            sources[os.path.abspath(p)] = checkpoint.sha256_file(p)
-    meta = {
-        "converter_version": CONVERTER_VERSION,
-        "config": cfg.official,
-        "vae_config": vae_cfg.to_diffusers(),
-        "dtype": dtype,
-        "sources": sources,
-        "num_params": int(sum(np.prod(a.shape) for a in _leaves(jf)) + sum(np.prod(a.shape) for a in _leaves(vae))),
-    }
+    for folder, stem in folders:
+        for path in open_weights(folder, stem).files + [os.path.join(folder, "config.json")]:
+            sources[os.path.abspath(path)] = checkpoint.sha256_file(path)
+    meta.update(
+        converter_version=CONVERTER_VERSION,
+        dtype=dtype,
+        sources=sources,
+        num_params=int(sum(np.prod(a.shape) for t in trees.values() for a in _leaves(t))),
+    )
     extra = {
         n: os.path.join(model_dir, n) for n in checkpoint.PROCESSOR_FILES if os.path.isfile(os.path.join(model_dir, n))
     }
-    return checkpoint.save_params(out_dir, {"janusflow": jf, "vae": vae}, meta, extra_files=extra, overwrite=overwrite)
+    return checkpoint.save_params(out_dir, trees, meta, extra_files=extra, overwrite=overwrite)
+
+
+def count_tensors(model_dir: str, vae_dir: str | None = None) -> int | None:
+    """How many times `convert` will call `progress` on this folder: its tensors (and its VAE's),
+    less the ignored ones (read from the file headers / pickle records only). None where it cannot
+    tell: a janusflow-jax checkpoint (re-saved whole, no per-tensor progress) or a folder that
+    `convert` will reject with its own error."""
+    if checkpoint.is_checkpoint(model_dir):
+        return None
+    try:
+        if detect_family(model_dir) == "janus":
+            from janusflow_jax.janus import config as janus_config, weights as janus_weights
+
+            d = read_json(os.path.join(model_dir, "config.json"))
+            ignored = janus_weights.HF_IGNORED if janus_config.is_hf_janus_config(d) else janus_weights.OFFICIAL_IGNORED
+            parts = [(model_dir, "model", ignored)]
+        else:
+            vae_dir = vae_dir or os.path.join(model_dir, "vae")
+            parts = [
+                (model_dir, "model", weights.JANUSFLOW_IGNORED),
+                (vae_dir, "diffusion_pytorch_model", weights.VAE_IGNORED),
+            ]
+        total = 0
+        for folder, stem, ignored in parts:
+            skip = [re.compile(p) for p in ignored]
+            keys = open_weights(folder, stem).keys()
+            total += sum(1 for k in keys if not any(rx.fullmatch(k) for rx in skip))
+    except (ConfigError, WeightFileError, OSError):
+        return None
+    return total
 
 
 def _recast(src: str, out_dir: str, dtype: str, overwrite: bool) -> str:

@@ -23,7 +23,7 @@ from janusflow_jax.base import special_ids
 from janusflow_jax.config import ConfigError, JanusFlowConfig, VaeConfig
 from janusflow_jax.nn.janusflow import JanusFlow
 from janusflow_jax.nn.vae import AutoencoderKL
-from janusflow_jax.safetensors_io import WeightFileError, refuse_pickle
+from janusflow_jax.weight_files import open_weights
 from janusflow_jax.sampling import image as image_sampling
 from janusflow_jax.sharding import make_mesh, state_shardings, use_mesh
 
@@ -333,19 +333,6 @@ class JanusFlowModel(ModelBase):
 # --- loading -----------------------------------------------------------------------------------
 
 
-def find_weights(model_dir: str, stem: str) -> str:
-    st = os.path.join(model_dir, f"{stem}.safetensors")
-    if os.path.isfile(st):
-        return st
-    for suffix in (".bin", ".pt", ".pth", ".ckpt"):
-        p = os.path.join(model_dir, f"{stem}{suffix}" if stem != "model" else f"pytorch_model{suffix}")
-        if os.path.isfile(p):
-            refuse_pickle(p)
-    if os.path.isfile(os.path.join(model_dir, f"{stem}.safetensors.index.json")):
-        raise WeightFileError(f"{model_dir}: sharded safetensors ({stem}.safetensors.index.json) are not supported yet")
-    raise WeightFileError(f"{model_dir}: no {stem}.safetensors found")
-
-
 def read_hf_folder(model_dir: str, vae_dir: str, *, dtype: str = "float32", progress=None):
     """Read an official JanusFlow folder + diffusers VAE folder into host param trees (no torch)."""
     if not os.path.isdir(model_dir):
@@ -355,15 +342,15 @@ def read_hf_folder(model_dir: str, vae_dir: str, *, dtype: str = "float32", prog
         raise LoadError(f"{vae_dir}: VAE folder not found (pass vae_path / --vae)")
     vae_cfg = dataclasses.replace(config_lib.load_vae_config(vae_dir), dtype=dtype, param_dtype=dtype)
     jf_abs, vae_abs = abstract_modules(cfg, vae_cfg)
-    jf = weights.load_safetensors_params(
-        find_weights(model_dir, "model"),
+    jf = weights.load_params(
+        open_weights(model_dir, "model"),
         weights.param_targets(jf_abs),
         weights.JANUSFLOW_RULES,
         weights.JANUSFLOW_IGNORED,
         progress=progress,
     )
-    vae = weights.load_safetensors_params(
-        find_weights(vae_dir, "diffusion_pytorch_model"),
+    vae = weights.load_params(
+        open_weights(vae_dir, "diffusion_pytorch_model"),
         weights.param_targets(vae_abs),
         weights.VAE_RULES,
         weights.VAE_IGNORED,
@@ -466,8 +453,8 @@ def load_vae(path: str, *, dtype: str = "float32", mesh=None) -> tuple[VaeConfig
     vae_cfg = dataclasses.replace(config_lib.load_vae_config(path), dtype=dtype, param_dtype=dtype)
     with use_mesh(mesh):
         vae_abs = nnx.eval_shape(lambda: AutoencoderKL(vae_cfg, rngs=nnx.Rngs(0)))
-    params = weights.load_safetensors_params(
-        find_weights(path, "diffusion_pytorch_model"),
+    params = weights.load_params(
+        open_weights(path, "diffusion_pytorch_model"),
         weights.param_targets(vae_abs),
         weights.VAE_RULES,
         weights.VAE_IGNORED,

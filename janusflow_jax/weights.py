@@ -44,7 +44,7 @@ __all__ = [
     "flatten_params",
     "unflatten_params",
     "param_targets",
-    "load_safetensors_params",
+    "load_params",
 ]
 
 
@@ -394,8 +394,8 @@ def param_targets(abstract_module) -> dict[tuple, tuple[tuple[int, ...], np.dtyp
     return {p: (tuple(v.shape), np.dtype(v.dtype)) for p, v in flatten_params(pure).items()}
 
 
-def load_safetensors_params(
-    path: str,
+def load_params(
+    source,
     targets: Mapping[tuple, tuple[tuple[int, ...], np.dtype]],
     rules: Iterable[Rule],
     ignored: Iterable[str] = (),
@@ -403,18 +403,16 @@ def load_safetensors_params(
     dtype: np.dtype | str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Read one .safetensors file tensor by tensor and convert it onto `targets` (nested dict out)."""
-    from janusflow_jax.safetensors_io import SafetensorsFile
-
-    f = SafetensorsFile(path)
+    """Convert a tensor source (`weight_files.open_weights(...)`: any published layout) onto `targets`,
+    one tensor at a time (nested dict out)."""
     flat = convert_state_dict(
-        f.keys(),
-        f.get,
+        source.keys(),
+        source.get,
         targets,
         rules,
         ignored,
         dtype=np.dtype(dtype) if dtype else None,
-        source=path,
+        source=getattr(source, "path", "checkpoint"),
         on_tensor=progress,
     )
     return unflatten_params(flat)

@@ -22,6 +22,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 TINY_DIR = FIXTURES / "janusflow-tiny"
+JANUS_DIR = FIXTURES / "janus-pro-tiny"
 
 
 def rel_err(ours, ref) -> float:
@@ -57,6 +58,26 @@ def npz():
     def get(name):
         if name not in cache:
             cache[name] = dict(np.load(TINY_DIR / f"{name}.npz"))
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def janus_model():
+    """The Janus-Pro golden-fixture model loaded through the real loader (official folder, float32)."""
+    import janusflow_jax
+
+    return janusflow_jax.load(str(JANUS_DIR), dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def janus_npz():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = dict(np.load(JANUS_DIR / f"{name}.npz"))
         return cache[name]
 
     return get

@@ -137,6 +137,89 @@ class JanusConfig:
         r = dataclasses.replace
         return r(self, llm=r(self.llm, **kw), siglip=r(self.siglip, **kw))
 
+    def to_official_json(self) -> dict[str, Any]:
+        """The official `config.json` (MultiModalityCausalLM) describing this architecture, with the
+        two additions the official format needs for non-standard sizes (`siglip_vit_cfg`,
+        `vq_model_args`, as in the reference fixtures) and `gen_image_size`; parsing it back with
+        `from_official_json` gives this config."""
+        llm, sig, vq = self.llm, self.siglip, self.vq
+
+        def proj(p: ProjectorConfig, kind: str) -> dict:
+            params = {"depth": p.depth, "input_dim": p.input_dim, "n_embed": p.n_embed, "projector_type": p.projector_type}
+            return {"cls": "MlpProjector", "model_type": kind, "params": params}
+
+        return {
+            "architectures": ["MultiModalityCausalLM"],
+            "model_type": "multi_modality",
+            "language_config": {
+                "model_type": "llama",
+                "vocab_size": llm.vocab_size,
+                "hidden_size": llm.hidden_size,
+                "intermediate_size": llm.intermediate_size,
+                "num_hidden_layers": llm.num_hidden_layers,
+                "num_attention_heads": llm.num_attention_heads,
+                "num_key_value_heads": llm.num_key_value_heads,
+                **({"head_dim": llm.head_dim_override} if llm.head_dim_override else {}),
+                "rms_norm_eps": llm.rms_norm_eps,
+                "rope_theta": llm.rope_theta,
+                "max_position_embeddings": llm.max_position_embeddings,
+                "hidden_act": "silu",
+                "attention_bias": False,
+                "tie_word_embeddings": False,
+            },
+            "vision_config": {
+                "cls": "CLIPVisionTower",
+                "model_type": "vision",
+                "params": {
+                    "image_size": sig.image_size,
+                    "model_name": "siglip_large_patch16_384",
+                    "select_feature": "same",
+                    "select_layer": -1,
+                    "siglip_vit_cfg": {
+                        "image_size": sig.image_size,
+                        "patch_size": sig.patch_size,
+                        "width": sig.width,
+                        "layers": sig.depth,
+                        "heads": sig.num_heads,
+                        "mlp_ratio": sig.mlp_dim / sig.width,
+                        "global_pool": "map",
+                        "use_checkpoint": False,
+                    },
+                    **({"pixel_mean": list(sig.pixel_mean), "pixel_std": list(sig.pixel_std)} if sig.pixel_mean else {}),
+                },
+            },
+            "aligner_config": proj(self.aligner, "aligner"),
+            "gen_aligner_config": proj(self.gen_aligner, "gen_aligner"),
+            "gen_head_config": {
+                "cls": "vision_head",
+                "model_type": "gen_head",
+                "params": {
+                    "image_token_embed": self.gen_head.image_token_embed,
+                    "image_token_size": self.gen_head.image_token_size,
+                    "n_embed": self.gen_head.n_embed,
+                },
+            },
+            "gen_vision_config": {
+                "cls": "VQ-16",
+                "model_type": "gen_vision",
+                "params": {
+                    "image_token_size": self.image_token_size,
+                    "n_embed": self.gen_embed_dim,
+                    "vq_model_args": {
+                        "codebook_size": vq.codebook_size,
+                        "codebook_embed_dim": vq.codebook_embed_dim,
+                        "codebook_l2_norm": vq.codebook_l2_norm,
+                        "encoder_ch_mult": list(vq.encoder_ch_mult),
+                        "decoder_ch_mult": list(vq.decoder_ch_mult),
+                        "z_channels": vq.z_channels,
+                        "ch": vq.ch,
+                        "num_res_blocks": vq.num_res_blocks,
+                    },
+                },
+            },
+            "gen_image_size": self.gen_image_size,
+        }
+
     def with_gen_image_size(self, size: int) -> "JanusConfig":
         return dataclasses.replace(self, gen_image_size=int(size))
 

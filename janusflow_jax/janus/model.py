@@ -357,17 +357,8 @@ def read_folder(model_dir: str, *, dtype: str = "float32", progress=None) -> tup
         path = os.path.join(model_dir, "config.json")
         raise ConfigError(str(e) if str(e).startswith(path) else f"{path}: {e}") from None
     cfg = cfg.with_dtype(dtype)
-    src = open_weights(model_dir, "model")
-    flat = weights.convert_state_dict(
-        src.keys(),
-        src.get,
-        weights.param_targets(abstract_module(cfg)),
-        rules,
-        ignored,
-        source=src.describe(),
-        on_tensor=progress,
-    )
-    return cfg, weights.unflatten_params(flat)
+    targets = weights.param_targets(abstract_module(cfg))
+    return cfg, weights.load_params(open_weights(model_dir, "model"), targets, rules, ignored, progress=progress)
 
 
 def load(path: str, *, dtype: str = "float32", mesh=None) -> JanusModel:
