@@ -312,3 +312,47 @@ def from_official_json(d: dict[str, Any], *, gen_image_size: int | None = None) 
         gen_image_size=int(size),
         official=d,
     )
+
+
+# --- presets: the real architectures (config.json of deepseek-ai/Janus-Pro-1B / -7B) ------------
+
+
+def _official(d_model: int, layers: int, llm_extra: dict) -> dict:
+    def proj(kind, d_in):
+        return {"cls": "MlpProjector", "model_type": kind, "params": {"depth": 2, "input_dim": d_in, "n_embed": d_model, "projector_type": "mlp_gelu"}}  # fmt: skip
+
+    return {
+        "aligner_config": proj("aligner", 1024),
+        "architectures": ["MultiModalityCausalLM"],
+        "gen_aligner_config": proj("gen_aligner", 8),
+        "gen_head_config": {
+            "cls": "vision_head",
+            "model_type": "gen_head",
+            "params": {"image_token_embed": d_model, "image_token_size": 16384, "n_embed": d_model},
+        },
+        "gen_vision_config": {"cls": "VQ-16", "model_type": "gen_vision", "params": {"image_token_size": 16384, "n_embed": 8}},
+        "language_config": {
+            "max_position_embeddings": 16384,
+            "model_type": "llama",
+            "num_hidden_layers": layers,
+            "torch_dtype": "bfloat16",
+            "vocab_size": 102400,
+            **llm_extra,
+        },
+        "model_type": "multi_modality",
+        "torch_dtype": "bfloat16",
+        "vision_config": {
+            "cls": "CLIPVisionTower",
+            "model_type": "vision",
+            "params": {"image_size": 384, "model_name": "siglip_large_patch16_384", "select_feature": "same", "select_layer": -1},
+        },
+    }  # fmt: skip
+
+
+# Janus-Pro-7B's language_config states only these fields; the rest are LlamaConfig defaults.
+JANUS_PRO_7B = from_official_json(_official(4096, 30, {}))
+JANUS_PRO_1B = from_official_json(
+    _official(2048, 24, {"hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 16, "num_key_value_heads": 16})
+)
+JANUS_1_3B = JANUS_PRO_1B  # same architecture (Janus-1.3B's config.json differs only in bookkeeping fields)
+PRESETS = {"janus-pro-1b": JANUS_PRO_1B, "janus-pro-7b": JANUS_PRO_7B, "janus-1.3b": JANUS_1_3B}
