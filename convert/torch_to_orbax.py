@@ -30,20 +30,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from janusflow_jax.convert import ConvertError, convert
+    from janusflow_jax import progress as progress_lib
+    from janusflow_jax.convert import ConvertError, convert, count_tensors
 
     t0 = time.time()
-    count = [0]
+    bar = None
 
     def progress(key: str) -> None:
-        count[0] += 1
-        if count[0] % 25 == 0 or count[0] == 1:
-            print(
-                f"\r  converted {count[0]} tensors ({time.time() - t0:.1f}s) {key[:60]:<60}",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
+        nonlocal bar
+        if bar is None:  # on the first tensor: configs and headers have been read by then
+            bar = progress_lib.bar(count_tensors(args.model_dir, args.vae_dir), "converting", "tensors")
+        bar.set_postfix_str(key[-48:], refresh=False)
+        bar.update(1)
+
+    def close_bar() -> int:
+        if bar is None:
+            return 0
+        bar.close()
+        return bar.n
 
     try:
         out = convert(
@@ -55,14 +59,16 @@ def main(argv: list[str] | None = None) -> int:
             progress=progress,
         )
     except ConvertError as e:
-        print(file=sys.stderr)
+        close_bar()
         print(f"janusflow-convert: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\njanusflow-convert: interrupted; nothing was written", file=sys.stderr)
+        close_bar()
+        print("janusflow-convert: interrupted; nothing was written", file=sys.stderr)
         return 130
-    print(file=sys.stderr)
-    print(f"wrote {out} ({count[0]} tensors converted, {time.time() - t0:.1f}s)" if count[0] else f"wrote {out} ({time.time() - t0:.1f}s)")
+    n = close_bar()
+    took = f"{time.time() - t0:.1f}s"
+    print(f"wrote {out} ({n} tensors converted, {took})" if n else f"wrote {out} ({took})")
     return 0
 
 

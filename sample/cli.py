@@ -1,13 +1,15 @@
 """janusflow-sample: draw images from prompts, answer questions about an image, or chat about it.
 
     janusflow-sample generate [--checkpoint DIR] --prompt "..." [--prompt ...] [--prompts-file F]
-                              [--num-images N] [--steps 30] [--cfg 2.0] [--seed 0] [--solver euler|heun]
-                              [--negative-prompt "..."] [--out samples/]
+                              [--num-images N] [--cfg W] [--seed 0] [--negative-prompt "..."] [--out samples/]
+                              JanusFlow: [--steps 30] [--solver euler|heun]
+                              Janus:     [--temperature 1.0] [--top-k K] [--top-p 1.0] [--greedy]
     janusflow-sample understand [--checkpoint DIR] --image FILE --question "..." [--max-new-tokens 64]
     janusflow-sample chat [--checkpoint DIR] --image FILE        (questions from standard input)
 
-`--checkpoint` takes a janusflow-convert Orbax checkpoint or an official HF-format folder; without
-it the small model shipped with the package is used (the synthetic shapes world: one coloured
+`--checkpoint` takes a model of either family — JanusFlow or Janus (Janus-1.3B, Janus-Pro-1B/7B) —
+as a janusflow-convert Orbax checkpoint or an official folder (the family is detected); without it
+the small JanusFlow shipped with the package is used (the synthetic shapes world: one coloured
 shape on a plain background, e.g. "a large red circle in the top left on a white background").
 """
 
@@ -21,6 +23,46 @@ import time
 
 class CliError(Exception):
     pass
+
+
+# generate options that only one family has: flag -> argparse keywords (defaults in FAMILY_DEFAULTS)
+FAMILY_OPTIONS = {
+    "JanusFlow": {
+        "--steps": dict(type=int, help="ODE steps (default 30)"),
+        "--solver": dict(choices=("euler", "heun"), help="ODE solver (default euler)"),
+    },
+    "Janus": {
+        "--temperature": dict(type=float, help="image-token sampling temperature (default 1.0)"),
+        "--top-k": dict(type=int, help="sample among the k most likely codes (default: all, as the official code)"),
+        "--top-p": dict(type=float, help="nucleus sampling threshold (default 1.0: off)"),
+        "--greedy": dict(action="store_const", const=True, help="argmax codes instead of sampling"),
+    },
+}
+FAMILY_DEFAULTS = {
+    "JanusFlow": {"steps": 30, "solver": "euler", "cfg": 2.0},
+    "Janus": {"temperature": 1.0, "top_k": None, "top_p": 1.0, "greedy": False, "cfg": 5.0},
+}
+FAMILY_NAMES = {"janusflow": "JanusFlow", "janus": "Janus"}
+
+
+def _family_options(args, family: str) -> dict:
+    """The generate options of `family` with its defaults; an option of the other family is an error."""
+    name = FAMILY_NAMES[family]
+    for other, opts in FAMILY_OPTIONS.items():
+        if other == name:
+            continue
+        given = [flag for flag in opts if getattr(args, flag[2:].replace("-", "_")) is not None]
+        if given:
+            own = ", ".join(FAMILY_OPTIONS[name])
+            raise CliError(f"{', '.join(given)}: {other} option(s), but this is a {name} model (its options: {own})")
+    out = dict(FAMILY_DEFAULTS[name])
+    for flag in FAMILY_OPTIONS[name]:
+        v = getattr(args, flag[2:].replace("-", "_"))
+        if v is not None:
+            out[flag[2:].replace("-", "_")] = v
+    if args.cfg is not None:
+        out["cfg"] = args.cfg
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,13 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     g.add_argument("--prompts-file", default=None, help="one prompt per line")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    g.add_argument("--steps", type=int, default=30)
-    g.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance weight")
+    g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance weight (JanusFlow 2.0, Janus 5.0)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--solver", choices=("euler", "heun"), default="euler")
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--out", default="samples")
+    # family-specific options: default None so that one given for the other family can be refused
+    for family, opts in FAMILY_OPTIONS.items():
+        grp = g.add_argument_group(f"{family} only")
+        for flag, kw in opts.items():
+            grp.add_argument(flag, default=None, **kw)
     for name in ("understand", "chat"):
         u = sub.add_parser(name, parents=[common], help="answer questions about an image")
         u.add_argument("--image", required=True)
@@ -107,21 +152,43 @@ def generate(args) -> None:
             raise CliError(f"cannot read {args.prompts_file}: {e.strerror}") from None
     if not prompts:
         raise CliError("no prompt given (--prompt or --prompts-file)")
-    if args.steps <= 0 or args.num_images <= 0:
-        raise CliError("--steps and --num-images must be positive")
+    if args.num_images <= 0:
+        raise CliError("--num-images must be positive")
     model = _load(args)
-    expanded = [p for p in prompts for _ in range(args.num_images)]
-    _log(f"sampling {len(expanded)} image(s), {args.steps} {args.solver} steps, cfg {args.cfg} (first call compiles)")
-    images = model.generate_images(
-        expanded,
-        num_steps=args.steps,
-        cfg_weight=args.cfg,
-        seed=args.seed,
-        solver=args.solver,
-        negative_prompt=args.negative_prompt,
-        batch_size=args.batch_size,
-        progress=True,
-    )
+    o = _family_options(args, model.family)
+    if model.family == "janus":
+        if o["temperature"] <= 0 and not o["greedy"]:
+            raise CliError("--temperature must be positive (or pass --greedy)")
+        how = "greedy" if o["greedy"] else f"temperature {o['temperature']}, top-k {o['top_k']}, top-p {o['top_p']}"
+        _log(f"sampling {len(prompts) * args.num_images} image(s), {how}, cfg {o['cfg']} (first call compiles)")
+        images = model.generate_images(
+            prompts,
+            num_images=args.num_images,
+            cfg_weight=o["cfg"],
+            temperature=o["temperature"],
+            top_k=o["top_k"],
+            top_p=o["top_p"],
+            greedy=o["greedy"],
+            seed=args.seed,
+            negative_prompt=args.negative_prompt,
+            batch_size=args.batch_size,
+            progress=True,
+        )
+    else:
+        if o["steps"] <= 0:
+            raise CliError("--steps must be positive")
+        expanded = [p for p in prompts for _ in range(args.num_images)]
+        _log(f"sampling {len(expanded)} image(s), {o['steps']} {o['solver']} steps, cfg {o['cfg']} (first call compiles)")
+        images = model.generate_images(
+            expanded,
+            num_steps=o["steps"],
+            cfg_weight=o["cfg"],
+            seed=args.seed,
+            solver=o["solver"],
+            negative_prompt=args.negative_prompt,
+            batch_size=args.batch_size,
+            progress=True,
+        )
     _report(model, f"generated {len(images)} image(s)")
     os.makedirs(args.out, exist_ok=True)
     for i, img in enumerate(images):
