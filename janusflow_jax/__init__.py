@@ -1,6 +1,8 @@
-"""janusflow-jax: JanusFlow (arXiv 2411.07975) in JAX/Flax NNX.
+"""janusflow-jax: the Janus family in JAX/Flax NNX — JanusFlow (arXiv 2411.07975: rectified flow in
+SDXL-VAE latents) and Janus-1.3B / Janus-Pro-1B / Janus-Pro-7B (VQ-16 codes, autoregressive).
 
-Public API: `load()` → `JanusFlowModel` (the parity surface), the configs and presets, the networks.
+Public API: `load()` → `JanusFlowModel` or `JanusModel` (the family is detected; both share
+`ModelBase`), the configs and presets, the networks.
 """
 
 # First, before anything can create JAX's backends: opt-in CPU scratch reuse (see host_memory).
@@ -21,7 +23,11 @@ from janusflow_jax.config import (
     UViTEncoderConfig,
     VaeConfig,
 )
-from janusflow_jax.model import DEFAULT_MODEL, JanusFlowModel, LoadError, load
+from janusflow_jax.base import ModelBase
+from janusflow_jax.janus.config import JANUS_1_3B, JANUS_PRO_1B, JANUS_PRO_7B, JanusConfig
+from janusflow_jax.janus.model import JanusModel
+from janusflow_jax.model import DEFAULT_MODEL, JanusFlowModel, LoadError, detect_family, load
+from janusflow_jax.nn.janus import Janus
 from janusflow_jax.nn.janusflow import JanusFlow
 from janusflow_jax.nn.kv_cache import KVCache
 from janusflow_jax.nn.vae import AutoencoderKL
@@ -31,6 +37,14 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL",
     "JANUSFLOW_1_3B",
+    "JANUS_1_3B",
+    "JANUS_PRO_1B",
+    "JANUS_PRO_7B",
+    "Janus",
+    "JanusConfig",
+    "JanusModel",
+    "ModelBase",
+    "detect_family",
     "SDXL_VAE",
     "TINY",
     "TINY_VAE",
