@@ -10,7 +10,6 @@ A family's model object is a dataclass with at least `cfg` (with `.llm`), `graph
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -229,29 +228,22 @@ class ModelBase:
         return [proc.decode(row) for row in np.asarray(tokens)]
 
 
-SPECIAL_TOKENS = {
-    "bos_id": "<｜begin▁of▁sentence｜>",
-    "eos_id": "<｜end▁of▁sentence｜>",
-    "pad_id": "<｜▁pad▁｜>",
-}
-
-
 def special_ids(folder: str | None) -> dict[str, int]:
-    """BOS/EOS/pad ids read from `folder/tokenizer.json` (never assumed); {} without a tokenizer."""
-    if folder is None or not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+    """BOS/EOS/pad ids read from `folder/tokenizer.json` (never assumed); {} without a tokenizer.
+    Pad falls back to EOS where the vocabulary has no pad token (the official JanusFlow processor)."""
+    path = None if folder is None else os.path.join(folder, "tokenizer.json")
+    if path is None or not os.path.isfile(path):
         return {}
-    with open(os.path.join(folder, "tokenizer.json"), encoding="utf-8") as f:
-        tok = json.load(f)
-    by_text = {a.get("content"): int(a["id"]) for a in tok.get("added_tokens", [])}
-    vocab = tok.get("model", {}).get("vocab", {})
-    out = {}
-    for field, text in SPECIAL_TOKENS.items():
-        if text in by_text:
-            out[field] = by_text[text]
-        elif isinstance(vocab, dict) and text in vocab:
-            out[field] = int(vocab[text])
+    from tokenizers import Tokenizer
+
+    from janusflow_jax.processing import BOS_TEXT, EOS_TEXT, PAD_TEXT
+
+    try:
+        tok = Tokenizer.from_file(path)
+    except Exception as e:  # the tokenizers library raises plain Exceptions
+        raise LoadError(f"{path}: cannot be read ({e})") from None
+    found = {f: tok.token_to_id(t) for f, t in (("bos_id", BOS_TEXT), ("eos_id", EOS_TEXT), ("pad_id", PAD_TEXT))}
+    out = {f: int(i) for f, i in found.items() if i is not None}
     if "pad_id" not in out and "eos_id" in out:
-        out["pad_id"] = out["eos_id"]  # the official processor's fallback
+        out["pad_id"] = out["eos_id"]
     return out
-
-
