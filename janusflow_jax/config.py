@@ -520,6 +520,7 @@ def parse_siglip(up: dict, where: str) -> SiglipConfig:
         depth=depth,
         num_heads=int(vc["heads"]),
         mlp_dim=int(width * float(vc["mlp_ratio"])),
+        layer_norm_eps=float(vc.get("layer_norm_eps", 1e-6)),  # our addition (transformers-layout sources)
         pixel_mean=tuple(pm) if pm is not None and ps is not None else None,
         pixel_std=tuple(ps) if pm is not None and ps is not None else None,
     )

@@ -13,8 +13,13 @@ Transforms (validated against the target leaf's shape; any mismatch raises):
   squeeze    drop leading size-1 axes            (GRN (1,1,1,C) → (C,), pos_embed (1,N,W) → (N,W))
   conv1x1_linear torch [O, I, 1, 1] → [I, O]     (1×1 convs stored as Linear in JAX)
 
+Parts: `Rule(..., part=(axis, index))` fills one slice of the target, `target[..., index, ...]` along
+`axis` of the leaf (of each layer's leaf for a stacked target); the transform sees the leaf's shape
+without that axis. Separate q/k/v tensors fill a fused `[D, 3, N, H]` leaf this way (axis 1).
+
 Strictness: every source key is matched by a rule or by IGNORED, every target leaf is filled exactly
-once (every layer of a stack), shapes are asserted, and the whole gap is reported at once.
+once (every layer of a stack, every part of a part-filled leaf), shapes are asserted, and the whole
+gap is reported at once.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class Rule:
     pattern: str
     target: str
     transform: str = "identity"
+    part: tuple[int, int] | None = None  # (axis, index): fills only that slice of the (per-layer) leaf
 
 
 def stamp(rules: Iterable[Rule], torch_prefix: str, jax_prefix: str) -> tuple[Rule, ...]:
@@ -65,7 +71,7 @@ def stamp(rules: Iterable[Rule], torch_prefix: str, jax_prefix: str) -> tuple[Ru
     the `*` layer marker keep their meaning)."""
     tp = re.escape(torch_prefix)
     jp = jax_prefix + "." if jax_prefix and not jax_prefix.endswith(".") else jax_prefix
-    return tuple(Rule(tp + r.pattern, jp + r.target, r.transform) for r in rules)
+    return tuple(dataclasses.replace(r, pattern=tp + r.pattern, target=jp + r.target) for r in rules)
 
 
 def stamp_ignored(patterns: Iterable[str], torch_prefix: str) -> tuple[str, ...]:
@@ -308,7 +314,8 @@ def convert_state_dict(
     rules = [(re.compile(r.pattern), r) for r in rules]
     ignored = [re.compile(p) for p in ignored]
     out: dict[tuple, np.ndarray] = {}
-    filled: dict[tuple, set] = {}
+    filled: dict[tuple, set] = {}  # stacked leaves: the layers filled whole
+    parts: dict[tuple, tuple[int, set]] = {}  # part-filled leaves: (axis, {(layer or None, index)})
     unmatched, problems = [], []
     for key in keys:
         hit = None
@@ -334,28 +341,51 @@ def convert_state_dict(
             continue
         shape, tdtype = targets[path]
         odt = np.dtype(dtype or tdtype)
+        name = ".".join(map(str, path))
         try:
             a = get(key)
             if np.dtype(a.dtype).name not in _FLOAT_DTYPES:
                 raise ConversionError(
                     f"{key}: dtype {np.dtype(a.dtype).name} is not a floating weight dtype {_FLOAT_DTYPES}"
                 )
-            if stacked:
-                if not 0 <= layer < shape[0]:
-                    problems.append(f"{key}: layer index {layer} out of range for {shape[0]} layers")
+            if stacked and not 0 <= layer < shape[0]:
+                problems.append(f"{key}: layer index {layer} out of range for {shape[0]} layers")
+                continue
+            leaf = tuple(shape[1:]) if stacked else tuple(shape)
+            if rule.part is not None:
+                axis, idx = rule.part
+                if not (0 <= axis < len(leaf) and 0 <= idx < leaf[axis]):
+                    problems.append(f"{key}: part {idx} of axis {axis} does not exist in {name} {leaf}")
                     continue
-                val = _apply(rule.transform, a, tuple(shape[1:]), key)
+                val = _apply(rule.transform, a, leaf[:axis] + leaf[axis + 1 :], key)
+                lay = layer if stacked else None
+                p_axis, got = parts.setdefault(path, (axis, set()))
+                if p_axis != axis:
+                    problems.append(f"{key}: {name} is filled in parts along axis {p_axis}, not {axis}")
+                    continue
+                if path in out and path not in filled and not got:
+                    problems.append(f"{key}: parameter {name} filled twice")  # already filled whole
+                elif (lay, idx) in got or (stacked and layer in filled.get(path, ())):
+                    where = f"layer {layer} " if stacked else ""
+                    problems.append(f"{key}: {name} {where}part {idx} of axis {axis} filled twice")
                 if path not in out:
                     out[path] = np.zeros(shape, odt) if materialize else None
-                if layer in filled.setdefault(path, set()):
+                if materialize:
+                    out[path][((layer,) if stacked else ()) + (slice(None),) * axis + (idx,)] = val.astype(odt)
+                got.add((lay, idx))
+            elif stacked:
+                val = _apply(rule.transform, a, leaf, key)
+                if path not in out:
+                    out[path] = np.zeros(shape, odt) if materialize else None
+                if layer in filled.setdefault(path, set()) or any(q == layer for q, _ in parts.get(path, (0, ()))[1]):
                     problems.append(f"{key}: layer {layer} filled twice")
                 if materialize:
                     out[path][layer] = val.astype(odt)
                 filled[path].add(layer)
             else:
                 if path in out:
-                    problems.append(f"{key}: parameter {'.'.join(map(str, path))} filled twice")
-                val = _apply(rule.transform, a, tuple(shape), key)
+                    problems.append(f"{key}: parameter {name} filled twice")
+                val = _apply(rule.transform, a, leaf, key)
                 out[path] = np.asarray(val).astype(odt) if materialize else None
         except ConversionError as e:
             problems.append(str(e))
@@ -366,6 +396,18 @@ def convert_state_dict(
         name = ".".join(map(str, path))
         if path not in out:
             missing.append(name)
+        elif path in parts:
+            axis, got = parts[path]
+            stacked = path in filled or any(q is not None for q, _ in got)
+            n = (shape[1:] if stacked else shape)[axis]
+            whole = filled.get(path, set())
+            lost = {}
+            for lay in range(shape[0]) if stacked else [None]:
+                for j in range(n):
+                    if (lay, j) not in got and lay not in whole:
+                        lost.setdefault(j, []).append(lay)
+            for j, lays in sorted(lost.items()):
+                missing.append(f"{name} (part {j} of axis {axis}" + (f", layers {lays})" if stacked else ")"))
         elif path in filled and len(filled[path]) != shape[0]:
             lost = sorted(set(range(shape[0])) - filled[path])
             missing.append(f"{name} (layers {lost})")

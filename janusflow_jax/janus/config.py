@@ -33,6 +33,7 @@ __all__ = [
     "from_official_json",
     "is_janus_config",
     "is_hf_janus_config",
+    "from_hf_json",
 ]
 
 
@@ -184,6 +185,7 @@ class JanusConfig:
                         "mlp_ratio": sig.mlp_dim / sig.width,
                         "global_pool": "map",
                         "use_checkpoint": False,
+                        **({"layer_norm_eps": sig.layer_norm_eps} if sig.layer_norm_eps != 1e-6 else {}),
                     },
                     **({"pixel_mean": list(sig.pixel_mean), "pixel_std": list(sig.pixel_std)} if sig.pixel_mean else {}),
                 },
@@ -356,3 +358,172 @@ JANUS_PRO_1B = from_official_json(
 )
 JANUS_1_3B = JANUS_PRO_1B  # same architecture (Janus-1.3B's config.json differs only in bookkeeping fields)
 PRESETS = {"janus-pro-1b": JANUS_PRO_1B, "janus-pro-7b": JANUS_PRO_7B, "janus-1.3b": JANUS_1_3B}
+
+
+# --- transformers' layout (JanusForConditionalGeneration `save_pretrained`) ----------------------
+# Sections `text_config` (LlamaConfig), `vision_config` (JanusVisionConfig), `vq_config`
+# (JanusVQVAEConfig). Fields a section leaves out take transformers' class defaults (a config saved
+# as a diff against them states only what differs). transformers ignores a stored
+# `vq_config.num_patches` (JanusConfig sets it to vision image_size // patch_size), and so do we.
+
+_HF_BOOKKEEPING = frozenset(
+    {"model_type", "dtype", "torch_dtype", "transformers_version", "initializer_range", "_name_or_path",
+     "_attn_implementation_autoset", "architectures"}
+)  # fmt: skip
+_HF_TOP_KNOWN = _HF_BOOKKEEPING | {"text_config", "vision_config", "vq_config", "image_token_id", "tie_word_embeddings"}
+_HF_VISION_DEFAULTS: dict[str, Any] = {  # transformers' JanusVisionConfig
+    "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "num_channels": 3, "image_size": 384,
+    "patch_size": 16, "hidden_act": "gelu", "layer_norm_eps": 1e-6, "attention_dropout": 0.0, "mlp_ratio": 4.0,
+    "attention_bias": True, "hidden_dropout_rate": 0.0, "projection_dim": 2048, "projection_dropout": 0.0,
+    "use_qk_norm": False, "depth": 2, "num_image_tokens": 576,
+}  # fmt: skip
+_HF_VQ_DEFAULTS: dict[str, Any] = {  # transformers' JanusVQVAEConfig
+    "embed_dim": 8, "num_embeddings": 16384, "double_latent": False, "latent_channels": 256, "in_channels": 3,
+    "base_channels": 128, "channel_multiplier": (1, 1, 2, 2, 4), "num_res_blocks": 2, "dropout": 0.0,
+    "num_patches": 32, "out_channels": 3, "projection_dim": 2048, "num_hidden_layers": 2, "hidden_act": "gelu",
+    "image_token_embed_dim": 2048,
+}  # fmt: skip
+# transformers' own converter passes `depth=` (the gen-aligner depth) to JanusVQVAEConfig, which
+# stores it unused: the model is built from `num_hidden_layers`.
+_HF_VQ_UNUSED = frozenset({"depth"})
+
+
+def _hf_section(d: dict, name: str, defaults: dict, model_type: str, extra: frozenset = frozenset()) -> dict:
+    sec = d.get(name, {})
+    if sec is None:
+        sec = {}
+    if not isinstance(sec, dict):
+        raise ConfigError(f"config.json {name} must be an object")
+    _unknown(sec, frozenset(defaults) | _HF_BOOKKEEPING | extra, f"config.json {name}")
+    if sec.get("model_type", model_type) != model_type:
+        raise ConfigError(f"config.json {name}.model_type={sec['model_type']!r} is not {model_type!r}")
+    return {**defaults, **{k: v for k, v in sec.items() if k in defaults}}
+
+
+def _square(v: Any, where: str) -> int:
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2 or int(v[0]) != int(v[1]):
+            raise ConfigError(f"{where}={list(v)}: only square sizes are supported")
+        v = v[0]
+    return int(v)
+
+
+def _hf_text(d: dict) -> LlamaConfig:
+    where = "config.json text_config"
+    tc = d.get("text_config")
+    if not isinstance(tc, dict):
+        raise ConfigError(f"{where} is missing or not an object")
+    tc = dict(tc)
+    if tc.get("model_type", "llama") != "llama":
+        raise ConfigError(f"{where}.model_type={tc['model_type']!r}: only llama text models are supported")
+    rp = tc.pop("rope_parameters", None)  # transformers 5.x: {rope_type, rope_theta}
+    if rp is not None:
+        if not isinstance(rp, dict):
+            raise ConfigError(f"{where}.rope_parameters must be an object")
+        _unknown(rp, frozenset({"rope_type", "rope_theta"}), f"{where}.rope_parameters")
+        if rp.get("rope_type", "default") != "default":
+            raise ConfigError(
+                f"{where}.rope_parameters.rope_type={rp['rope_type']!r}: only 'default' RoPE is supported"
+            )
+        if "rope_theta" in rp:
+            if tc.get("rope_theta") is not None and float(tc["rope_theta"]) != float(rp["rope_theta"]):
+                raise ConfigError(
+                    f"{where}: rope_theta {tc['rope_theta']} and rope_parameters.rope_theta {rp['rope_theta']} disagree"
+                )
+            tc["rope_theta"] = rp["rope_theta"]
+    for k in ("dtype", "_attn_implementation_autoset"):  # bookkeeping parse_llama does not list
+        tc.pop(k, None)
+    if float(tc.get("attention_dropout") or 0.0) != 0.0:
+        raise ConfigError(f"{where}: attention_dropout != 0 is not supported")
+    return parse_llama(tc, where)
+
+
+def from_hf_json(d: dict[str, Any]) -> JanusConfig:
+    """Parse transformers' `JanusForConditionalGeneration` config.json (as a dict; see
+    `is_hf_janus_config`) into the same JanusConfig the official layout gives. Unknown fields in any
+    section are a ConfigError naming them. The generated image is `num_patches` (= vision
+    image_size // patch_size, the number transformers decodes) codes on a side, so
+    `gen_image_size` = num_patches × the VQ downsampling (384 for the real models)."""
+    if not isinstance(d, dict):
+        raise ConfigError("config.json: top level must be an object")
+    _unknown(d, _HF_TOP_KNOWN, "config.json")
+    if d.get("model_type") != "janus":
+        raise ConfigError(f"config.json: model_type={d.get('model_type')!r} is not 'janus'")
+    arch = d.get("architectures")
+    if arch is not None and list(arch) != ["JanusForConditionalGeneration"]:
+        raise ConfigError(f"config.json: architectures={arch}: only JanusForConditionalGeneration is supported")
+    llm = _hf_text(d)
+    v = _hf_section(d, "vision_config", _HF_VISION_DEFAULTS, "janus_vision_model")
+    q = _hf_section(d, "vq_config", _HF_VQ_DEFAULTS, "janus_vqgan", _HF_VQ_UNUSED)
+    hidden = llm.hidden_size
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"config.json {msg}")
+
+    for sec, vals in (("vision_config", v), ("vq_config", q)):
+        need(vals["hidden_act"] == "gelu", f"{sec}.hidden_act={vals['hidden_act']!r} unsupported (only gelu, exact)")
+    for k in ("attention_dropout", "hidden_dropout_rate", "projection_dropout"):
+        need(float(v[k]) == 0.0, f"vision_config.{k} != 0 is not supported")
+    need(float(q["dropout"]) == 0.0, "vq_config.dropout != 0 is not supported")
+    need(int(v["num_channels"]) == 3, f"vision_config.num_channels={v['num_channels']} (only 3)")
+    need(bool(v["attention_bias"]), "vision_config.attention_bias=false is not supported (SigLIP has qkv biases)")
+    need(not v["use_qk_norm"], "vision_config.use_qk_norm=true is not supported")
+    need(not q["double_latent"], "vq_config.double_latent=true is not supported")
+    need(int(q["in_channels"]) == 3 and int(q["out_channels"]) == 3, "vq_config in/out_channels must be 3")
+    image = _square(v["image_size"], "vision_config.image_size")
+    patch = _square(v["patch_size"], "vision_config.patch_size")
+    need(image % patch == 0, f"vision_config.image_size={image} is not a multiple of patch_size={patch}")
+    grid = image // patch
+    n_img = int(v["num_image_tokens"])  # the codes transformers generates; it decodes num_patches² of them
+    need(n_img == grid**2, f"vision_config.num_image_tokens={n_img} must be (image_size // patch_size)² = {grid**2}")
+    widths = (("vision", v, "projection_dim"), ("vq", q, "projection_dim"), ("vq", q, "image_token_embed_dim"))
+    for sec, vals, k in widths:
+        need(int(vals[k]) == hidden, f"{sec}_config.{k}={vals[k]} must equal text_config.hidden_size ({hidden})")
+    mult = q["channel_multiplier"]
+    need(isinstance(mult, (list, tuple)) and len(mult) > 0, f"vq_config.channel_multiplier={mult!r} must be a list")
+    mult = tuple(int(m) for m in mult)
+    width = int(v["hidden_size"])
+    siglip = SiglipConfig(
+        image_size=image,
+        patch_size=patch,
+        width=width,
+        depth=int(v["num_hidden_layers"]),
+        num_heads=int(v["num_attention_heads"]),
+        mlp_dim=int(width * float(v["mlp_ratio"])),
+        layer_norm_eps=float(v["layer_norm_eps"]),
+    )
+    vq = VQConfig(
+        codebook_size=int(q["num_embeddings"]),
+        codebook_embed_dim=int(q["embed_dim"]),
+        encoder_ch_mult=mult,
+        decoder_ch_mult=mult,
+        z_channels=int(q["latent_channels"]),
+        ch=int(q["base_channels"]),
+        num_res_blocks=int(q["num_res_blocks"]),
+    )
+    return JanusConfig(
+        llm=llm,
+        siglip=siglip,
+        aligner=ProjectorConfig(
+            projector_type="mlp_gelu", input_dim=width, n_embed=int(v["projection_dim"]), depth=int(v["depth"])
+        ),
+        # transformers' names: the gen aligner is embed_dim → projection_dim (num_hidden_layers Linears);
+        # the head is image_token_embed_dim (its input, the LLM width) → projection_dim → num_embeddings.
+        gen_aligner=ProjectorConfig(
+            projector_type="mlp_gelu",
+            input_dim=vq.codebook_embed_dim,
+            n_embed=int(q["projection_dim"]),
+            depth=int(q["num_hidden_layers"]),
+        ),
+        gen_head=GenHeadConfig(
+            n_embed=int(q["image_token_embed_dim"]),
+            image_token_embed=int(q["projection_dim"]),
+            image_token_size=vq.codebook_size,
+        ),
+        vq=vq,
+        image_token_size=vq.codebook_size,
+        gen_embed_dim=vq.codebook_embed_dim,
+        gen_image_size=grid * vq.downsample_factor,
+        official=d,
+    )
