@@ -19,9 +19,6 @@ import shutil
 import tempfile
 from typing import Any
 
-import jax
-import numpy as np
-
 FORMAT = "janusflow-jax/params-v1"
 METADATA = "metadata.json"
 PROCESSOR_FILES = (
@@ -145,13 +142,3 @@ def restore_params(path: str, target: dict[str, Any] | None = None) -> dict[str,
     finally:
         ckptr.close()
     return _destringify(tree)
-
-
-def abstract_like(tree, dtype: str | None = None, sharding=None):
-    """ShapeDtypeStruct tree mirroring `tree` (arrays or ShapeDtypeStructs), optionally recast."""
-
-    def one(x):
-        dt = np.dtype(dtype) if dtype else x.dtype
-        return jax.ShapeDtypeStruct(x.shape, dt, sharding=sharding or getattr(x, "sharding", None))
-
-    return jax.tree.map(one, tree)

@@ -8,8 +8,11 @@ prompt, 32 new tokens) that is a 104 MB buffer, ~25,000 faults and ~45 ms of ker
 ~13 ms of its wall time on a 2-core CPU (0.162 s without the settings below, 0.149 s with them).
 
 `keep_host_memory()` tells glibc to serve every thread from the main arena, never to `mmap` a
-request, and to return freed memory to the system only above 1 GiB of free heap top: after the first
-call the scratch buffer is reused already mapped (the bench understanding call: 0 faults).
+request, and to return freed memory to the system only above 1 GiB of free heap top: once the heap
+has grown to fit, the scratch buffer is reused already mapped (the bench understanding call: 0 faults).
+Growing takes a few calls, not one: XLA frees a call's scratch asynchronously, often after the next call
+has allocated its own, and a 64-byte-aligned request does not always fit a freed chunk of its own size
+(measured on a 64 MiB buffer: 0-7 calls in 40 took a fresh one, mostly among the first ten).
 
 It is a trade, so it is opt-in: with one arena, XLA's multi-threaded compiler and multi-device CPU
 runs contend for the malloc lock (measured: first-call compile of that understanding program ~1 s

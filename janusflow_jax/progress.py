@@ -84,18 +84,28 @@ def bar(total: int | None, desc: str, unit: str, *, stream=None, log_interval: f
     )
 
 
-_TOKENS: dict = {}
+_LOOP_BARS: dict[str, tqdm] = {}
+
+
+def _loop(key: str, done: int, total: int, every: int, desc: str, unit: str, stream) -> None:
+    bar_ = _LOOP_BARS.get(key)
+    if bar_ is None or done <= every:
+        if bar_ is not None:
+            bar_.close()
+        bar_ = _LOOP_BARS[key] = bar(total, desc, unit, stream=stream)
+    bar_.update(done - bar_.n)
+    if done >= total:
+        bar_.close()
+        _LOOP_BARS.pop(key, None)
 
 
 def tokens(done: int, total: int, every: int, *, stream=None) -> None:
     """Progress of a compiled token loop, reported from inside it (`jax.debug.callback`) every
     `every` tokens: `done` of `total`. A report at or below `every` starts a new bar (the next batch)."""
-    bar_ = _TOKENS.get("bar")
-    if bar_ is None or done <= every:
-        if bar_ is not None:
-            bar_.close()
-        bar_ = _TOKENS["bar"] = bar(total, "image tokens", "tokens", stream=stream)
-    bar_.update(done - bar_.n)
-    if done >= total:
-        bar_.close()
-        _TOKENS.pop("bar", None)
+    _loop("tokens", done, total, every, "image tokens", "tokens", stream)
+
+
+def steps(done: int, total: int, *, stream=None) -> None:
+    """Progress of the compiled ODE loop of JanusFlow sampling, reported from inside it after each
+    step (`jax.debug.callback`): `done` of `total`. Step 1 starts a new bar (the next batch)."""
+    _loop("steps", done, total, 1, "sampling", "steps", stream)

@@ -11,7 +11,6 @@ import math
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
@@ -34,12 +33,10 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("conv_in", "fsdp"),
     ("conv_out", "tensor"),
     ("norm", None),
-    # The ShallowUViT generation encoder/decoder (3.6% of JanusFlow-1.3B's parameters) are replicated:
-    # data parallel only. Sharding their convolutions' and channel MLPs' weights over fsdp/tensor makes
-    # XLA (jax 0.9 and 0.10, Shardy and GSPMD alike) compute wrong values or gradients on meshes where
-    # the batch spans two axes and tensor > 1, e.g. {data:2, fsdp:2, tensor:2}; sharding constraints
-    # only move the error elsewhere. tests/test_sharding.py keeps a minimal reproduction.
-    ("uvit", None),
+    # The ShallowUViT generation encoder/decoder are sharded like the rest (conv_in/conv_out/mlp/embed).
+    # The XLA miscompile of their convolutions and channel MLPs on meshes whose batch spans (data, fsdp)
+    # with tensor > 1 is avoided by `data_parallel` (batch axes manual in the train step), not by
+    # replicating these weights; tests/test_sharding.py checks both.
 )
 
 
@@ -207,11 +204,3 @@ def param_specs(graphdef: nnx.GraphDef, params: dict, mesh) -> dict:
 def state_shardings(state, mesh: jax.sharding.Mesh):
     """NamedShardings for an nnx.State whose Variables carry `out_sharding` logical names."""
     return jax.tree.map(lambda sp: NamedSharding(mesh, sp), state_specs(state, mesh), is_leaf=_is_spec)
-
-
-def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
-def host_array(x) -> np.ndarray:
-    return np.asarray(jax.device_get(x))

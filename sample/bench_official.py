@@ -98,12 +98,21 @@ def main(argv=None) -> int:
     if importlib.util.find_spec("torchvision") is None:
         _stand_in_torchvision()
     sys.path.insert(0, os.path.abspath(args.janus_src))
-    import torch
-    from diffusers.models import AutoencoderKL
-    from janus.janusflow.models import MultiModalityCausalLM, siglip_vit
-    from janus.janusflow.models.modeling_vlm import MultiModalityConfig
-    from torch import nn
-    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    try:
+        import torch
+        from diffusers.models import AutoencoderKL
+        from janus.janusflow.models import MultiModalityCausalLM, siglip_vit
+        from janus.janusflow.models.modeling_vlm import MultiModalityConfig
+        from torch import nn
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    except ImportError as e:  # torch, transformers, diffusers, timm are not janusflow-jax dependencies
+        print(
+            f"bench_official.py: {e}. It runs the official PyTorch code and needs torch, transformers, "
+            "diffusers, timm and the official janus package (--janus-src); see the top of this file "
+            "for the environment.",
+            file=sys.stderr,
+        )
+        return 2
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

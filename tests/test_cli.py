@@ -98,7 +98,7 @@ def test_generate_writes_pngs_in_prompt_order(folder, tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
-    assert "compile" in err and "run" in err and "step 2/2" in err and str(out) in stdout
+    assert "compile" in err and "run" in err and "sampling: 2/2 steps (100%)" in err and str(out) in stdout
     files = sorted(p.name for p in out.iterdir())
     assert files == ["0000.png", "0001.png", "0002.png", "0003.png", "grid.png"]
     first = np.asarray(Image.open(out / "0000.png"))

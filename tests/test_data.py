@@ -187,6 +187,22 @@ def test_builder_errors(tmp_path):
         build("video", str(tmp_path), str(tmp_path / "ds"))
 
 
+def test_train_config_data_kinds_are_the_builders_plus_shapes_and_tfds():
+    from janusflow_jax.data import BUILDERS
+    from janusflow_jax.training.config import load_config
+    from janusflow_jax.training.data_sources import SOURCE_KINDS
+    from janusflow_jax.training.state import TrainConfigError
+
+    assert set(SOURCE_KINDS) == set(BUILDERS) | {"shapes", "tfds"}
+    base = ["model.init_from=default", "data.mix.gen=2", "data.mix.und=0", "data.mix.text=0"]
+    for kind in SOURCE_KINDS:
+        assert load_config(None, base + [f"data.gen.kind={kind}"]).data.gen.kind == kind
+    with pytest.raises(
+        TrainConfigError, match=r"data.gen.kind: unknown kind 'caption_folder'; one of \['image_caption'"
+    ):
+        load_config(None, base + ["data.gen.kind=caption_folder"])
+
+
 # --- loader ----------------------------------------------------------------------------------------
 
 

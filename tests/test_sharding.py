@@ -42,9 +42,10 @@ def test_expected_partition_specs():
     assert spec(p["vision_und_enc_model"]["vision_tower"]["blocks"]["mlp"]["fc1"]["kernel"]) == P(
         None, "fsdp", "tensor"
     )
-    assert spec(p["vision_gen_enc_model"]["mid_block"]["res_blocks"][0]["depthwise"]["kernel"]) == P(
-        None, None, None, "tensor"
-    )
+    # the ShallowUViT shards like the rest (the XLA bug on this mesh is left to `data_parallel`, below)
+    uvit_block = p["vision_gen_enc_model"]["mid_block"]["res_blocks"][0]
+    assert spec(uvit_block["depthwise"]["kernel"]) == P(None, None, None, "tensor")
+    assert spec(uvit_block["channelwise_linear_1"]["kernel"]) == P("fsdp", "tensor")
     assert spec(p["language_model"]["model"]["norm"]["weight"]) == P("fsdp")
     # really distributed: a sharded leaf has addressable shards smaller than the whole
     q = p["language_model"]["model"]["layers"]["self_attn"]["q_proj"][...]

@@ -66,7 +66,7 @@ def _image_token_logits(graphdef, params, ids, mask, codes, cfg_weight, pad_id):
     return gen.teacher_forced_logits(m, tokens, rows_mask, positions, codes, cfg_weight)
 
 
-def _progress_cb(step, total, every):
+def _progress_cb(step, total, every, _after=None):
     """Host side of the in-loop progress report (every `every` codes), through `progress.tokens`."""
     from janusflow_jax import progress
 
@@ -79,10 +79,10 @@ def _codes(m, ids, mask, neg_ids, neg_mask, keys, temperature, top_p, cfg_weight
     on_step = None
     if every:
 
-        def on_step(step):
+        def on_step(step, tok):
             jax.lax.cond(
                 (step + 1) % every == 0,
-                lambda: jax.debug.callback(_progress_cb, step, num_tokens, every),
+                lambda: jax.debug.callback(_progress_cb, step, num_tokens, every, tok[0]),
                 lambda: None,
             )
 

@@ -1,6 +1,6 @@
 """LLM key/value caches: pytrees passed in and returned by pure forward passes.
 
-`KVCache` (`[L, B, S, K, H]`) holds a prompt that later tokens attend to read-only (the image
+`KVCache` (`[L, B, T, K, H]`) holds a prompt that later tokens attend to read-only (the image
 tokens of every ODE step). `DecodeCache` serves token-by-token text decoding.
 """
 
@@ -13,34 +13,17 @@ from flax import struct
 
 @struct.dataclass
 class KVCache:
-    """k, v `[L, B, S, K, H]`; `mask` `[B, S]` marks slots holding a key that may be attended to
-    (0 for left padding, masked CFG prompt tokens and unwritten slots); `end_index` is the number of
-    filled slots (a scalar shared by the batch: rows are left-padded to a common length)."""
+    """A prefilled prompt that later tokens attend to read-only: k, v `[L, B, T, K, H]`; `mask` `[B, T]`
+    marks the keys that may be attended to (0 for left padding and masked CFG prompt tokens)."""
 
     k: jax.Array
     v: jax.Array
     mask: jax.Array
-    end_index: jax.Array
-
-    @property
-    def size(self) -> int:
-        return self.k.shape[2]
 
     @classmethod
-    def from_prefill(cls, k: jax.Array, v: jax.Array, mask: jax.Array, size: int | None = None) -> "KVCache":
-        """Cache holding a prefilled prompt: k, v `[L, B, T, K, H]` (from `return_kv=True`), mask `[B, T]`;
-        `size` ≥ T slots (the rest empty, for decoding)."""
-        t = k.shape[2]
-        size = t if size is None else size
-        if size < t:
-            raise ValueError(f"cache size {size} < prompt length {t}")
-        pad = ((0, 0), (0, 0), (0, size - t), (0, 0), (0, 0))
-        return cls(
-            k=jnp.pad(k, pad),
-            v=jnp.pad(v, pad),
-            mask=jnp.pad(mask.astype(jnp.bool_), ((0, 0), (0, size - t))),
-            end_index=jnp.asarray(t, jnp.int32),
-        )
+    def from_prefill(cls, k: jax.Array, v: jax.Array, mask: jax.Array) -> KVCache:
+        """From a prefill's k, v `[L, B, T, K, H]` (`return_kv=True`) and its mask `[B, T]`."""
+        return cls(k=k, v=v, mask=mask.astype(jnp.bool_))
 
 
 @struct.dataclass
@@ -67,7 +50,7 @@ class DecodeCache:
         return self.v[0].shape[2]
 
     @classmethod
-    def from_prefill(cls, k: jax.Array, v: jax.Array, mask: jax.Array, slots: int) -> "DecodeCache":
+    def from_prefill(cls, k: jax.Array, v: jax.Array, mask: jax.Array, slots: int) -> DecodeCache:
         """From a prefilled prompt: k, v `[L, B, T, K, H]` (`return_kv=True`), mask `[B, T]`; room for
         `slots` generated tokens."""
         b, _, kh, h = k.shape[1:]

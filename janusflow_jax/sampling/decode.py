@@ -96,7 +96,7 @@ def decode_loop(
     eos_id: int = -1,
     pad_id: int = 0,
     keep_logits: bool = False,
-    on_step: Callable[[jax.Array], None] | None = None,
+    on_step: Callable[[jax.Array, jax.Array], None] | None = None,
 ) -> DecodeResult:
     """Choose `num_tokens` tokens for B rows of an LLM run over R rows (R = B, or 2B for CFG pairs).
 
@@ -104,7 +104,8 @@ def decode_loop(
     for `num_tokens − 1` fed tokens; next_pos `[R]`: RoPE position of the first fed token.
     embed(tokens `[B]`) → `[R, 1, D]`; logits(hidden `[R, 1, D]`) → float32 `[B, V]`;
     choose(logits `[B, V]`, step) → `[B]` int32. Stops early when every row has produced `eos_id`.
-    `on_step(step)` runs inside the compiled loop after each token (progress reporting).
+    `on_step(step, tokens)` runs inside the compiled loop after each token is chosen (progress
+    reporting; pass `tokens` on to a callback so that it fires after the token exists).
     """
     first = logits(first_hidden)
     b, v = first.shape
@@ -114,7 +115,7 @@ def decode_loop(
         tok = choose(lg, s.step)
         tok = jnp.where(s.done, pad_id, tok)
         if on_step is not None:
-            on_step(s.step)
+            on_step(s.step, tok)
         return s.replace(
             step=s.step + 1,
             done=s.done | (tok == eos_id),

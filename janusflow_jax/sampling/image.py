@@ -93,12 +93,12 @@ def velocity_fn(model: JanusFlow, batch: CfgBatch, cache: KVCache | None, cfg_we
     return v
 
 
-def print_step(step, total) -> None:
-    """Host-side progress line for `ode_solve(progress=True)` (runs through `jax.debug.callback`)."""
-    import sys
+def print_step(step, total, _after=None) -> None:
+    """Host side of `ode_solve(progress=True)` (runs through `jax.debug.callback`): a tqdm bar on
+    standard error (`janusflow_jax.progress.steps`)."""
+    from janusflow_jax import progress
 
-    step, total = int(step) + 1, int(total)
-    print(f"\r  step {step}/{total}", end="\n" if step == total else "", file=sys.stderr, flush=True)
+    progress.steps(int(step) + 1, int(total))
 
 
 def ode_solve(
@@ -128,7 +128,7 @@ def ode_solve(
         t, i = xs
         z, _ = step(z, t)
         if progress:
-            jax.debug.callback(print_step, i, n)
+            jax.debug.callback(print_step, i, n, z.reshape(-1)[0])  # reads z: fires after the step
         return z, None
 
     z, _ = jax.lax.scan(step_with_progress, z0, (jnp.asarray(t_grid, jnp.float32), jnp.arange(n)))

@@ -50,7 +50,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SourceConfig:
-    kind: str = ""  # caption_folder | qa_jsonl | text | shapes_captions | shapes_qa | tfds (prepared builder dir)
+    kind: str = ""  # one of training.data_sources.SOURCE_KINDS (checked by TrainConfig.validate)
     path: str = ""
     split: str = "train"
 
@@ -111,9 +111,14 @@ class TrainConfig:
         mix = self.data.mix
         if min(mix.gen, mix.und, mix.text) < 0 or mix.gen + mix.und + mix.text == 0:
             raise TrainConfigError("data.mix: give a non-negative number of rows per kind, at least one positive")
+        from janusflow_jax.training.data_sources import SOURCE_KINDS
+
         for kind in ("gen", "und", "text"):
-            if getattr(mix, kind) > 0 and not getattr(self.data, kind).kind:
+            source_kind = getattr(self.data, kind).kind
+            if getattr(mix, kind) > 0 and not source_kind:
                 raise TrainConfigError(f"data.mix.{kind} > 0 but data.{kind}.kind is not set")
+            if source_kind and source_kind not in SOURCE_KINDS:
+                raise TrainConfigError(f"data.{kind}.kind: unknown kind {source_kind!r}; one of {sorted(SOURCE_KINDS)}")
             if getattr(mix, kind) % self.optim.grad_accum:
                 raise TrainConfigError(f"data.mix.{kind} must be divisible by optim.grad_accum")
         if self.stage == "vae":

@@ -8,13 +8,15 @@ from typing import Callable
 
 from janusflow_jax.data import DataError, MixSpec, TrainLoader
 
-# data.<kind>.kind → (TFDS builder kind, what it feeds)
+# data.<role>.kind → what data.<role>.path names. The first three are the local builders of
+# janusflow_jax.data.builders.BUILDERS (tests/test_data.py checks they agree), built into ArrayRecord
+# under data.data_dir; the last two are read by `_source` itself.
 SOURCE_KINDS = {
-    "image_caption": "image_caption",  # folder of images + captions.jsonl / captions.tsv
-    "image_qa": "image_qa",  # JSONL of {image, question, answer}
-    "text": "text",  # .txt (one document per line) or .jsonl {text}
-    "shapes": "shapes",  # the synthetic shapes world (janusflow_jax.shapes), path = number of repeats or ""
-    "tfds": "tfds",  # an already prepared TFDS dataset folder (…/<name>/<version>/)
+    "image_caption": "a folder of images + captions.jsonl / captions.tsv",
+    "image_qa": "a JSONL file of {image, question, answer}",
+    "text": "a .txt file (one document per line) or .jsonl of {text}",
+    "shapes": "the synthetic shapes world (janusflow_jax.shapes); path unused",
+    "tfds": "an already prepared TFDS dataset folder (…/<name>/<version>/)",
 }
 
 
