@@ -75,7 +75,21 @@ def _run(argv, capsys, stdin=None, monkeypatch=None):
     return code, out, err
 
 
-def test_generate_writes_pngs_in_prompt_order(folder, tmp_path, capsys):
+@pytest.fixture
+def restore_compile_cache():
+    """`--compile-cache` sets JAX's process-wide persistent cache; in-process CLI tests must not leave
+    it on (every later compile of the suite would be written to a deleted tmp folder)."""
+    import jax
+    from jax._src import compilation_cache  # reset_cache: the only way to drop an initialised cache
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    yield
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    compilation_cache.reset_cache()
+
+
+def test_generate_writes_pngs_in_prompt_order(folder, tmp_path, capsys, restore_compile_cache):
     out = tmp_path / "imgs"
     code, stdout, err = _run(
         [
@@ -99,6 +113,7 @@ def test_generate_writes_pngs_in_prompt_order(folder, tmp_path, capsys):
     )
     assert code == 0, err
     assert "compile" in err and "run" in err and "sampling: 2/2 steps (100%)" in err and str(out) in stdout
+    assert any((tmp_path / "xla").iterdir())  # the compiled program went to the persistent cache
     files = sorted(p.name for p in out.iterdir())
     assert files == ["0000.png", "0001.png", "0002.png", "0003.png", "grid.png"]
     first = np.asarray(Image.open(out / "0000.png"))
