@@ -69,7 +69,6 @@ def _generate_text(graphdef, params, ids, pixels, seq_mask, emb_mask, mask, key,
     return text_sampling.generate(m.language_model, embeds, mask, key, opts, temperature, top_p)
 
 
-
 class ModelBase:
     """Methods shared by `JanusFlowModel` and `JanusModel` (see the module docstring)."""
 

@@ -526,15 +526,21 @@ def parse_siglip(up: dict, where: str) -> SiglipConfig:
     )
 
 
-def from_official_json(d: dict[str, Any], *, gen_image_size: int | None = None) -> JanusFlowConfig:
-    """Parse the official JanusFlow `config.json` (as a dict) into a JanusFlowConfig."""
+def parse_shared(d: Any, top_known: frozenset, vision_section: str) -> tuple[LlamaConfig, SiglipConfig]:
+    """What every family's official config.json shares: a top-level object with known fields only,
+    `language_config` (the LLM) and a `CLIPVisionTower` section (SigLIP) under `vision_section`."""
     if not isinstance(d, dict):
         raise ConfigError("config.json: top level must be an object")
-    _unknown(d, _TOP_KNOWN, "config.json")
+    _unknown(d, top_known, "config.json")
     if "language_config" not in d:
         raise ConfigError("config.json: missing section 'language_config'")
     llm = parse_llama(d["language_config"])
-    siglip = parse_siglip(_section(d, "vision_und_enc_config", ("CLIPVisionTower",)), "vision_und_enc_config")
+    return llm, parse_siglip(_section(d, vision_section, ("CLIPVisionTower",)), vision_section)
+
+
+def from_official_json(d: dict[str, Any], *, gen_image_size: int | None = None) -> JanusFlowConfig:
+    """Parse the official JanusFlow `config.json` (as a dict) into a JanusFlowConfig."""
+    llm, siglip = parse_shared(d, _TOP_KNOWN, "vision_und_enc_config")
 
     ep = _section(d, "vision_gen_enc_config", ("ShallowUViTEncoder",))
     _unknown(ep, _ENC_KNOWN, "config.json vision_gen_enc_config.params")

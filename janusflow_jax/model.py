@@ -363,7 +363,7 @@ DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "defaul
 
 
 def detect_family(path: str) -> str:
-    """"janusflow" or "janus" for a model folder (its config.json) or a janusflow-jax checkpoint
+    """ "janusflow" or "janus" for a model folder (its config.json) or a janusflow-jax checkpoint
     (its metadata); anything else is a ConfigError naming what was found."""
     if checkpoint.is_checkpoint(path):
         meta = checkpoint.read_metadata(path)

@@ -178,7 +178,9 @@ def generate(args) -> None:
         if o["steps"] <= 0:
             raise CliError("--steps must be positive")
         expanded = [p for p in prompts for _ in range(args.num_images)]
-        _log(f"sampling {len(expanded)} image(s), {o['steps']} {o['solver']} steps, cfg {o['cfg']} (first call compiles)")
+        _log(
+            f"sampling {len(expanded)} image(s), {o['steps']} {o['solver']} steps, cfg {o['cfg']} (first call compiles)"
+        )
         images = model.generate_images(
             expanded,
             num_steps=o["steps"],

@@ -38,6 +38,22 @@ def nchw_to_nhwc(x):
     return np.moveaxis(x, -3, -1)
 
 
+_SESSION_MODELS: list = []  # model objects of session fixtures (their `_run` keeps compiled programs)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop every compiled program when a test module ends. Each XLA:CPU executable keeps several
+    memory mappings of JIT code until it is freed; the whole suite in one process compiles thousands
+    of programs, and without this it passed the kernel's 65,530 mappings per process (vm.max_map_count)
+    about halfway through — XLA then crashed inside a compile (SIGSEGV / abort). Modules rarely share
+    a program, so the cost is a few recompiles."""
+    yield
+    jax.clear_caches()
+    for m in _SESSION_MODELS:
+        m.__dict__.pop("_compiled", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir() -> pathlib.Path:
     return TINY_DIR
@@ -48,7 +64,9 @@ def tiny_model():
     """The golden-fixture model loaded through the real loader (HF folder, float32)."""
     import janusflow_jax
 
-    return janusflow_jax.load(str(TINY_DIR), dtype="float32")
+    m = janusflow_jax.load(str(TINY_DIR), dtype="float32")
+    _SESSION_MODELS.append(m)
+    return m
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +86,9 @@ def janus_model():
     """The Janus-Pro golden-fixture model loaded through the real loader (official folder, float32)."""
     import janusflow_jax
 
-    return janusflow_jax.load(str(JANUS_DIR), dtype="float32")
+    m = janusflow_jax.load(str(JANUS_DIR), dtype="float32")
+    _SESSION_MODELS.append(m)
+    return m
 
 
 @pytest.fixture(scope="session")

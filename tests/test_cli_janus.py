@@ -56,7 +56,10 @@ def test_understand_and_chat_janus(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize(
     "argv, words",
     [
-        (["generate", "--checkpoint", JANUS_DIR, "--prompt", "x", "--steps", "3"], ["--steps", "JanusFlow", "Janus model"]),
+        (
+            ["generate", "--checkpoint", JANUS_DIR, "--prompt", "x", "--steps", "3"],
+            ["--steps", "JanusFlow", "Janus model"],
+        ),
         (["generate", "--checkpoint", JANUS_DIR, "--prompt", "x", "--solver", "heun"], ["--solver", "Janus model"]),
         (["generate", "--checkpoint", TINY_DIR, "--prompt", "x", "--top-k", "5"], ["--top-k", "JanusFlow model"]),
         (["generate", "--checkpoint", TINY_DIR, "--prompt", "x", "--greedy"], ["--greedy", "JanusFlow model"]),

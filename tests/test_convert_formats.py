@@ -87,7 +87,9 @@ def test_convert_cli_on_sharded_pickles_equals_safetensors(layouts, tmp_path):
     _assert_same(a, b)
     meta = checkpoint.read_metadata(str(tmp_path / "sharded bin"))
     assert meta["family"] == "janus"
-    assert sum(p.endswith(".bin") for p in meta["sources"]) == 2 and any(p.endswith(".index.json") for p in meta["sources"])
+    assert sum(p.endswith(".bin") for p in meta["sources"]) == 2 and any(
+        p.endswith(".index.json") for p in meta["sources"]
+    )
 
 
 def _evil_bin(path, marker):

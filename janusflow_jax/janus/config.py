@@ -23,7 +23,7 @@ from janusflow_jax.config import (
     _section,
     _unknown,
     parse_llama,
-    parse_siglip,
+    parse_shared,
 )
 
 __all__ = [
@@ -146,7 +146,12 @@ class JanusConfig:
         llm, sig, vq = self.llm, self.siglip, self.vq
 
         def proj(p: ProjectorConfig, kind: str) -> dict:
-            params = {"depth": p.depth, "input_dim": p.input_dim, "n_embed": p.n_embed, "projector_type": p.projector_type}
+            params = {
+                "depth": p.depth,
+                "input_dim": p.input_dim,
+                "n_embed": p.n_embed,
+                "projector_type": p.projector_type,
+            }
             return {"cls": "MlpProjector", "model_type": kind, "params": params}
 
         return {
@@ -187,7 +192,9 @@ class JanusConfig:
                         "use_checkpoint": False,
                         **({"layer_norm_eps": sig.layer_norm_eps} if sig.layer_norm_eps != 1e-6 else {}),
                     },
-                    **({"pixel_mean": list(sig.pixel_mean), "pixel_std": list(sig.pixel_std)} if sig.pixel_mean else {}),
+                    **(
+                        {"pixel_mean": list(sig.pixel_mean), "pixel_std": list(sig.pixel_std)} if sig.pixel_mean else {}
+                    ),
                 },
             },
             "aligner_config": proj(self.aligner, "aligner"),
@@ -284,13 +291,7 @@ def from_official_json(d: dict[str, Any], *, gen_image_size: int | None = None) 
     """Parse the official Janus `config.json` (as a dict). `gen_image_size` (pixels) defaults to the
     config's `gen_image_size` if present, else the SigLIP image size (384 for the real models: the
     official scripts' `img_size`, 24×24 codes)."""
-    if not isinstance(d, dict):
-        raise ConfigError("config.json: top level must be an object")
-    _unknown(d, _TOP_KNOWN, "config.json")
-    if "language_config" not in d:
-        raise ConfigError("config.json: missing section 'language_config'")
-    llm = parse_llama(d["language_config"])
-    siglip = parse_siglip(_section(d, "vision_config", ("CLIPVisionTower",)), "vision_config")
+    llm, siglip = parse_shared(d, _TOP_KNOWN, "vision_config")
     gv = _section(d, "gen_vision_config", ("VQ-16",))
     _unknown(gv, _GEN_VISION_KNOWN, "config.json gen_vision_config.params")
     vq = _vq(gv)
@@ -354,7 +355,9 @@ def _official(d_model: int, layers: int, llm_extra: dict) -> dict:
 # Janus-Pro-7B's language_config states only these fields; the rest are LlamaConfig defaults.
 JANUS_PRO_7B = from_official_json(_official(4096, 30, {}))
 JANUS_PRO_1B = from_official_json(
-    _official(2048, 24, {"hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 16, "num_key_value_heads": 16})
+    _official(
+        2048, 24, {"hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 16, "num_key_value_heads": 16}
+    )
 )
 JANUS_1_3B = JANUS_PRO_1B  # same architecture (Janus-1.3B's config.json differs only in bookkeeping fields)
 PRESETS = {"janus-pro-1b": JANUS_PRO_1B, "janus-pro-7b": JANUS_PRO_7B, "janus-1.3b": JANUS_1_3B}

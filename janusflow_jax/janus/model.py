@@ -366,7 +366,9 @@ def load(path: str, *, dtype: str = "float32", mesh=None) -> JanusModel:
     path = os.fspath(path)
     if checkpoint.is_checkpoint(path):
         meta = checkpoint.read_metadata(path)
-        cfg = janus_config.from_official_json(meta["config"], gen_image_size=meta.get("gen_image_size")).with_dtype(dtype)
+        cfg = janus_config.from_official_json(meta["config"], gen_image_size=meta.get("gen_image_size")).with_dtype(
+            dtype
+        )
         mesh = mesh if mesh is not None else make_mesh()
         tree = checkpoint.restore_params(path, {"janus": restore_target(abstract_module(cfg, mesh), mesh)})
         pure = tree["janus"]

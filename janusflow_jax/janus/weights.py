@@ -17,18 +17,23 @@ __all__ = ["HF_IGNORED", "OFFICIAL_IGNORED", "hf_rules", "official_rules"]
 _SIG = "vision_model.vision_tower."
 
 
-def projector_rules(torch_prefix: str, jax_prefix: str, cfg: ProjectorConfig) -> tuple[Rule, ...]:
-    """MlpProjector: torch `layers.{0,2,4,…}` (Linear, GELU, Linear, …) → `layers.{0,1,2,…}`."""
-    p = torch_prefix.replace(".", r"\.")
+def linear_stack_rules(sources: list[str], jax_prefix: str) -> tuple[Rule, ...]:
+    """The i-th torch Linear (escaped key prefix `sources[i]`) → `{jax_prefix}.layers.{i}`."""
     out = []
-    for i in range(cfg.num_linears):
-        t = 0 if cfg.projector_type == "linear" else 2 * i
-        src = f"{p}layers\\.{t}\\." if cfg.projector_type == "mlp_gelu" else f"{p}layers\\."
+    for i, src in enumerate(sources):
         out += [
             Rule(src + r"weight", f"{jax_prefix}.layers.{i}.kernel", "linear"),
             Rule(src + r"bias", f"{jax_prefix}.layers.{i}.bias"),
         ]
     return tuple(out)
+
+
+def projector_rules(torch_prefix: str, jax_prefix: str, cfg: ProjectorConfig) -> tuple[Rule, ...]:
+    """Official MlpProjector: `layers` (linear) or `layers.{0,2,4,…}` (Linear, GELU, Linear, …)."""
+    p = re.escape(torch_prefix)
+    if cfg.projector_type == "linear":
+        return linear_stack_rules([p + r"layers\."], jax_prefix)
+    return linear_stack_rules([p + rf"layers\.{2 * i}\." for i in range(cfg.num_linears)], jax_prefix)
 
 
 def official_rules(cfg: JanusConfig) -> tuple[Rule, ...]:
@@ -132,14 +137,9 @@ HF_VQ_RULES: tuple[Rule, ...] = _hf_vq_rules()
 def hf_projector_rules(torch_prefix: str, jax_prefix: str, cfg: ProjectorConfig) -> tuple[Rule, ...]:
     """transformers' aligner MLP: `fc1`, `hidden_layers.0, 1, …` → `layers.0, 1, 2, …`."""
     p = re.escape(torch_prefix)
-    srcs = [p + r"fc1\."] + [p + rf"hidden_layers\.{k}\." for k in range(cfg.num_linears - 1)]
-    out = []
-    for i, src in enumerate(srcs):
-        out += [
-            Rule(src + r"weight", f"{jax_prefix}.layers.{i}.kernel", "linear"),
-            Rule(src + r"bias", f"{jax_prefix}.layers.{i}.bias"),
-        ]
-    return tuple(out)
+    return linear_stack_rules(
+        [p + r"fc1\."] + [p + rf"hidden_layers\.{k}\." for k in range(cfg.num_linears - 1)], jax_prefix
+    )
 
 
 def hf_rules(cfg: JanusConfig) -> tuple[Rule, ...]:

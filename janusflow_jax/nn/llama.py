@@ -244,7 +244,9 @@ class LlamaOutput:
     hidden: jax.Array  # [B,T,D] after the final norm ([B,1,D]: the last position, from `prefill`)
     k: jax.Array | None = None  # [L,B,T,K,H] keys of the inputs (`prefill`), to build a cache
     v: jax.Array | None = None
-    layers: jax.Array | None = None  # [L,B,T,D] every layer's output (`hidden_states`), or [B,T,D] one layer's (`capture`)
+    layers: jax.Array | None = (
+        None  # [L,B,T,D] every layer's output (`hidden_states`), or [B,T,D] one layer's (`capture`)
+    )
 
 
 class LlamaModel(nnx.Module):

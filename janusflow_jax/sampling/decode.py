@@ -47,7 +47,7 @@ class Sampler:
         masked = filter_logits(logits / jnp.maximum(temperature, 1e-6), self.top_k, top_p)
         if self.per_row_keys:
             keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(key)
-            return jax.vmap(lambda k, l: jax.random.categorical(k, l))(keys, masked).astype(jnp.int32)
+            return jax.vmap(jax.random.categorical)(keys, masked).astype(jnp.int32)
         return jax.random.categorical(jax.random.fold_in(key, step), masked, axis=-1).astype(jnp.int32)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
 from janusflow_jax.nn.kv_cache import DecodeCache
 from janusflow_jax.nn.llama import LlamaForCausalLM, positions_from_mask
