@@ -139,6 +139,7 @@ class ModelBase:
             greedy=float(temperature) <= 0.0,
             top_k=None if top_k is None else int(top_k),
             keep_logits=bool(return_logits),
+            nucleus=float(top_p) < 1.0,
         )
         out = self._run(
             _generate_text,

@@ -1,6 +1,7 @@
 """Sampling benchmark: one text-to-image call (ODE + VAE decode) and one understanding decode.
 
     python sample/bench.py [--size bench] [--repeats 5] [--dtype float32] [--weights DIR]
+    python sample/bench.py --family janus [--save DIR | --weights DIR] [--json PATH]   # see sample/bench_janus.py
 
 Prints compile time, the median of `--repeats` timed runs (after a warm-up), images/s, tokens/s,
 the analytic FLOPs of each call, the matrix-multiply peak measured in this run, MFU, and the time
@@ -39,11 +40,21 @@ def timed(fn, repeats: int):
 
 
 def main(argv=None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--family", default="janusflow", choices=["janusflow", "janus"])
+    family = pre.parse_known_args(argv)[0].family
+    if family == "janus":  # Janus / Janus-Pro (VQ image tokens): its own benchmark
+        sys.path.insert(0, HERE)
+        from bench_janus import main as janus_main
+
+        return janus_main(argv)
+
     from janusflow_jax import flops, host_memory
     from janusflow_jax.config import VaeConfig, load_official_config
     from janusflow_jax.model import JanusFlowModel
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--family", default="janusflow", choices=["janusflow", "janus"], help="janus: sample/bench_janus.py")
     ap.add_argument("--size", default="bench", choices=["bench"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

@@ -85,7 +85,9 @@ def sample_codes(
         noise = jnp.asarray(exp_noise, jnp.float32)
 
         def choose(lg, step):
-            probs = jax.nn.softmax(filter_logits(lg / temperature, sampler.top_k, top_p), axis=-1)
+            probs = jax.nn.softmax(
+                filter_logits(lg / temperature, sampler.top_k, top_p if sampler.nucleus else None), axis=-1
+            )
             return jnp.argmax(probs / noise[step], axis=-1).astype(jnp.int32)
 
     else:

@@ -255,7 +255,12 @@ class JanusModel(ModelBase):
         self._check_length(ids.shape[1], n)
         if not greedy and float(temperature) <= 0:
             raise ValueError("temperature must be > 0 (or pass greedy=True)")
-        sampler = Sampler(greedy=bool(greedy), top_k=None if top_k is None else int(top_k), per_row_keys=True)
+        sampler = Sampler(
+            greedy=bool(greedy),
+            top_k=None if top_k is None else int(top_k),
+            per_row_keys=True,
+            nucleus=float(top_p) < 1.0,
+        )
         noise = None if exp_noise is None else jnp.asarray(exp_noise, jnp.float32)
         opts = (n, sampler, int(self.pad_id), bool(return_logits), int(progress_every))
         out = self._run(
@@ -310,7 +315,12 @@ class JanusModel(ModelBase):
         self._check_length(length, n)
         length = min(-(-length // bucket) * bucket, self.cfg.llm.max_position_embeddings - n)
         keys = self._keys(seed, len(rows))
-        sampler = Sampler(greedy=bool(greedy), top_k=None if top_k is None else int(top_k), per_row_keys=True)
+        sampler = Sampler(
+            greedy=bool(greedy),
+            top_k=None if top_k is None else int(top_k),
+            per_row_keys=True,
+            nucleus=float(top_p) < 1.0,
+        )
         opts = (n, sampler, int(self.pad_id), False, 64 if progress else 0)
         bs = int(batch_size or len(rows))
         out = []

@@ -40,11 +40,12 @@ class Sampler:
     greedy: bool = True
     top_k: int | None = None
     per_row_keys: bool = False
+    nucleus: bool = True  # False: skip the top-p filter (a sort over the vocabulary per step) when top_p >= 1
 
     def __call__(self, logits, step, key, temperature=1.0, top_p=1.0) -> jax.Array:
         if self.greedy:
             return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        masked = filter_logits(logits / jnp.maximum(temperature, 1e-6), self.top_k, top_p)
+        masked = filter_logits(logits / jnp.maximum(temperature, 1e-6), self.top_k, top_p if self.nucleus else None)
         if self.per_row_keys:
             keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(key)
             return jax.vmap(jax.random.categorical)(keys, masked).astype(jnp.int32)
@@ -52,10 +53,12 @@ class Sampler:
 
 
 def filter_logits(logits: jax.Array, top_k: int | None, top_p) -> jax.Array:
-    """Logits `[B, V]` with everything outside the top-k / nucleus set at -inf."""
+    """Logits `[B, V]` with everything outside the top-k / nucleus set at -inf (`top_p=None`: no nucleus)."""
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p is None:  # no nucleus filter (static)
+        return logits
     probs = jax.nn.softmax(logits, axis=-1)
     order = jnp.argsort(-probs, axis=-1)
     sorted_p = jnp.take_along_axis(probs, order, axis=-1)

@@ -25,6 +25,7 @@ class DecodeOptions:
     greedy: bool = True
     top_k: int | None = None
     keep_logits: bool = False  # also return the logits each token was chosen from
+    nucleus: bool = True  # apply the top-p filter (False when top_p >= 1: no per-step sort)
 
 
 def prefill(llm: LlamaForCausalLM, inputs_embeds: jax.Array, attention_mask: jax.Array, slots: int):
@@ -47,7 +48,7 @@ def generate(
     """Prefill, then the token loop over a fixed-size buffer of `max_new_tokens`."""
     n = opts.max_new_tokens
     hidden, cache, next_pos = prefill(llm, inputs_embeds, attention_mask, max(n - 1, 1))
-    sampler = Sampler(greedy=opts.greedy, top_k=opts.top_k)
+    sampler = Sampler(greedy=opts.greedy, top_k=opts.top_k, nucleus=opts.nucleus)
     return decode_loop(
         llm.model,
         hidden,
