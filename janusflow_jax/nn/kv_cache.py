@@ -35,7 +35,8 @@ class DecodeCache:
     two attention matmuls read without a transpose. The prompt part `prompt_k`/`prompt_v` (T slots,
     `prompt_mask` `[B,T]`) is never written while decoding: give it to the loop as a constant, not
     as loop state, and XLA never copies it. Generated tokens go to `k`/`v` (M slots), slot `count`
-    next (shared by the batch); writing these small buffers is all a step updates.
+    next (shared by the batch); a step writes its token there first and then attends over the
+    updated buffers (read-then-write made XLA copy every layer's buffers on every step).
     """
 
     prompt_k: tuple[jax.Array, ...]
