@@ -1,17 +1,24 @@
 """Conversion of an official folder of either family (JanusFlow + diffusers VAE; Janus, official or
 transformers layout) into a janusflow-jax checkpoint, or of a janusflow-jax checkpoint into another
-stored dtype."""
+stored dtype.
+
+Streaming: the mapping is first checked whole on the file headers (every strictness error raised
+before anything is written); then one pass reads each tensor (`Weights.read`: a fresh copy, the
+files are not mapped), transforms and casts it, and hands it to `checkpoint.save_streamed`, which
+writes it into its place (a whole leaf, or one layer of a stacked leaf) and lets it go. Peak
+resident memory: one tensor plus a bounded write queue, not the checkpoint."""
 
 from __future__ import annotations
 
 import os
 import re
 
+import ml_dtypes
 import numpy as np
 
 from janusflow_jax import checkpoint, weights
 from janusflow_jax.config import ConfigError, read_json
-from janusflow_jax.model import LoadError, detect_family, read_hf_folder
+from janusflow_jax.model import LoadError, detect_family, hf_folder_parts
 from janusflow_jax.safetensors_io import WeightFileError
 from janusflow_jax.weight_files import open_weights
 from janusflow_jax.weights import ConversionError
@@ -50,18 +57,18 @@ def convert(
     if family == "janus":
         if vae_dir is not None:
             raise LoadError(f"{model_dir} is a Janus model: its VQ tokenizer is inside (drop --vae)")
-        from janusflow_jax.janus.model import read_folder
+        from janusflow_jax.janus.model import folder_parts
 
-        cfg, params = read_folder(model_dir, dtype=dtype, progress=progress)
-        trees = {"janus": params}
+        cfg, parts = folder_parts(model_dir, dtype=dtype)
         folders = [(model_dir, "model")]
         meta = {"family": "janus", "config": cfg.to_official_json(), "gen_image_size": cfg.gen_image_size}
     else:
         vae_dir = vae_dir or os.path.join(model_dir, "vae")
-        cfg, vae_cfg, jf, vae = read_hf_folder(model_dir, vae_dir, dtype=dtype, progress=progress)
-        trees = {"janusflow": jf, "vae": vae}
+        cfg, vae_cfg, parts = hf_folder_parts(model_dir, vae_dir, dtype=dtype)
         folders = [(model_dir, "model"), (vae_dir, "diffusion_pytorch_model")]
         meta = {"family": "janusflow", "config": cfg.official, "vae_config": vae_cfg.to_diffusers()}
+    want = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    layout = {name: _check(source, targets, rules, ignored, want) for name, source, targets, rules, ignored in parts}
     sources = {}
     for folder, stem in folders:
         for path in open_weights(folder, stem).files + [os.path.join(folder, "config.json")]:
@@ -70,12 +77,50 @@ def convert(
         converter_version=CONVERTER_VERSION,
         dtype=dtype,
         sources=sources,
-        num_params=int(sum(np.prod(a.shape) for t in trees.values() for a in _leaves(t))),
+        num_params=int(sum(p.size for t in layout.values() for p in _leaves(t))),
     )
     extra = {
         n: os.path.join(model_dir, n) for n in checkpoint.PROCESSOR_FILES if os.path.isfile(os.path.join(model_dir, n))
     }
-    return checkpoint.save_params(out_dir, trees, meta, extra_files=extra, overwrite=overwrite)
+
+    def fill(write):  # the one pass over the tensors: read, transform, cast, hand over, forget
+        for name, source, targets, rules, ignored in parts:
+            weights.convert_state_dict(
+                source.keys(),
+                source.read,
+                targets,
+                rules,
+                ignored,
+                dtype=want,
+                source=source.path,
+                on_tensor=progress,
+                sink=lambda path, index, value, name=name: write((name, *path), index, value),
+            )
+
+    return checkpoint.save_streamed(out_dir, layout, fill, meta, extra_files=extra, overwrite=overwrite)
+
+
+def _check(source, targets, rules, ignored, want: np.dtype) -> dict:
+    """The strict mapping check of one tensor source, on zero-strided stand-ins of its tensors (the
+    headers' shapes; nothing read), before anything is written; returns the output layout (nested
+    dict of `checkpoint.Pending`; a leaf filled one `[layer]` at a time is `layered`)."""
+
+    def dummy(k):
+        dt = np.dtype(source.dtype(k))
+        return np.broadcast_to(np.zeros((), want if dt.kind == "f" or dt == want else dt), source.shape(k))
+
+    layered: dict[tuple, bool] = {}
+
+    def probe(path, index, value):
+        first = bool(index) and isinstance(index[0], (int, np.integer))
+        layered[path] = layered.get(path, True) and first
+
+    weights.convert_state_dict(
+        source.keys(), dummy, targets, rules, ignored, dtype=want, source=source.path, sink=probe
+    )
+    return weights.unflatten_params(
+        {p: checkpoint.Pending(shape, want, layered=layered.get(p, False)) for p, (shape, _) in targets.items()}
+    )
 
 
 def count_tensors(model_dir: str, vae_dir: str | None = None) -> int | None:

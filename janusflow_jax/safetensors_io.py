@@ -104,6 +104,22 @@ class SafetensorsFile:
         raw = self._mm[self._base + start : self._base + end]
         return np.frombuffer(raw, dtype=dt).reshape(shape)
 
+    def read(self, k: str) -> np.ndarray:
+        """Like `get`, but a fresh array read with `readinto` (nothing mapped: the file's pages stay in
+        the page cache, out of this process's resident memory, as a streaming conversion needs)."""
+        dt, shape, start, end = self._info[k]
+        out = np.empty(shape, dt)
+        buf = memoryview(out.reshape(-1).view(np.uint8))
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self._base + start)
+            got = 0
+            while got < end - start:
+                n = f.readinto(buf[got:])
+                if not n:
+                    raise WeightFileError(f"{self.path}: tensor {k!r} is cut short (file changed while reading)")
+                got += n
+        return out
+
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
         for k in self._info:
             yield k, self.get(k)

@@ -71,6 +71,12 @@ class Weights:
     def get(self, k: str) -> np.ndarray:
         return self._where[k].get(k)
 
+    def read(self, k: str) -> np.ndarray:
+        """`get(k)` as a fresh array that maps nothing (the streaming converter's read: a safetensors
+        tensor is read with `readinto`; a pickle's `get` already copies out of a transient map)."""
+        r = self._where[k]
+        return r.read(k) if hasattr(r, "read") else r.get(k)
+
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
         for k in self._where:
             yield k, self.get(k)

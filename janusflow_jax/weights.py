@@ -17,6 +17,9 @@ Parts: `Rule(..., part=(axis, index))` fills one slice of the target, `target[..
 `axis` of the leaf (of each layer's leaf for a stacked target); the transform sees the leaf's shape
 without that axis. Separate q/k/v tensors fill a fused `[D, 3, N, H]` leaf this way (axis 1).
 
+Export (`janusflow_jax.export`) runs these tables backwards; `squeeze` alone loses the torch rank,
+so its rules state it (`torch_ndim`).
+
 Strictness: every source key is matched by a rule or by IGNORED, every target leaf is filled exactly
 once (every layer of a stack, every part of a part-filled leaf), shapes are asserted, and the whole
 gap is reported at once.
@@ -63,6 +66,7 @@ class Rule:
     target: str
     transform: str = "identity"
     part: tuple[int, int] | None = None  # (axis, index): fills only that slice of the (per-layer) leaf
+    torch_ndim: int | None = None  # squeeze: the torch tensor's rank (the export restores the leading 1s)
 
 
 def stamp(rules: Iterable[Rule], torch_prefix: str, jax_prefix: str) -> tuple[Rule, ...]:
@@ -103,7 +107,7 @@ LLAMA_IGNORED: tuple[str, ...] = (  # non-persistent RoPE buffers that some expo
 
 _BLOCK = r"blocks\.(\d+)\."
 SIGLIP_RULES: tuple[Rule, ...] = (  # the official siglip_vit.VisionTransformer (stacked blocks, fused qkv)
-    Rule(r"pos_embed", "pos_embed", "squeeze"),
+    Rule(r"pos_embed", "pos_embed", "squeeze", torch_ndim=3),
     Rule(r"patch_embed\.proj\.weight", "patch_embed.proj.kernel", "conv"),
     Rule(r"patch_embed\.proj\.bias", "patch_embed.proj.bias"),
     Rule(_BLOCK + r"(norm1|norm2)\.(weight|bias)", "blocks.*.{2}.{3}"),
@@ -151,7 +155,12 @@ JANUSFLOW_RULES: tuple[Rule, ...] = (
         _CNX + r"(channelwise_linear_1|channelwise_linear_2|cond_embeds_mapper)\.bias",
         "{1}.mid_block.res_blocks.{2}.{3}.bias",
     ),
-    Rule(_CNX + r"channelwise_norm\.(weight|bias)", "{1}.mid_block.res_blocks.{2}.channelwise_norm.{3}", "squeeze"),
+    Rule(
+        _CNX + r"channelwise_norm\.(weight|bias)",
+        "{1}.mid_block.res_blocks.{2}.channelwise_norm.{3}",
+        "squeeze",
+        torch_ndim=4,
+    ),
     Rule(r"vision_gen_dec_model\.input_norm\.weight", "vision_gen_dec_model.input_norm.weight"),
     Rule(r"vision_gen_dec_model\.out_convs\.(\d+)\.norm\.weight", "vision_gen_dec_model.out_convs.{1}.norm.weight"),
     Rule(
@@ -303,6 +312,7 @@ def convert_state_dict(
     source: str = "checkpoint",
     on_tensor: Callable[[str], None] | None = None,
     materialize: bool = True,
+    sink: Callable[[tuple, tuple, np.ndarray], None] | None = None,
 ) -> dict[tuple, np.ndarray]:
     """Map source tensors onto `targets` ({path: (shape, dtype)}); returns {path: np.ndarray}.
 
@@ -310,7 +320,12 @@ def convert_state_dict(
     so peak memory is about one copy of the weights. `dtype` (default: the target's dtype) is the
     output dtype. Raises ConversionError listing every unmatched key, unfilled leaf and mismatch.
     `materialize=False` checks the mapping only (values are not kept; shapes are still verified).
+    `sink(path, index, value)`: each converted value is handed over instead of kept (the returned
+    dict then holds None): `index` places it in the leaf (`()` whole, `(layer,)`, or a part
+    `(layer?, :, …, idx)`); `value` is cast without a copy where the dtype already matches.
     """
+    if sink is not None:
+        materialize = False
     rules = [(re.compile(r.pattern), r) for r in rules]
     ignored = [re.compile(p) for p in ignored]
     out: dict[tuple, np.ndarray] = {}
@@ -370,8 +385,11 @@ def convert_state_dict(
                     problems.append(f"{key}: {name} {where}part {idx} of axis {axis} filled twice")
                 if path not in out:
                     out[path] = np.zeros(shape, odt) if materialize else None
+                index = ((layer,) if stacked else ()) + (slice(None),) * axis + (idx,)
                 if materialize:
-                    out[path][((layer,) if stacked else ()) + (slice(None),) * axis + (idx,)] = val.astype(odt)
+                    out[path][index] = val.astype(odt)
+                elif sink is not None:
+                    sink(path, index, val.astype(odt, copy=False))
                 got.add((lay, idx))
             elif stacked:
                 val = _apply(rule.transform, a, leaf, key)
@@ -381,12 +399,16 @@ def convert_state_dict(
                     problems.append(f"{key}: layer {layer} filled twice")
                 if materialize:
                     out[path][layer] = val.astype(odt)
+                elif sink is not None:
+                    sink(path, (layer,), val.astype(odt, copy=False))
                 filled[path].add(layer)
             else:
                 if path in out:
                     problems.append(f"{key}: parameter {name} filled twice")
                 val = _apply(rule.transform, a, leaf, key)
                 out[path] = np.asarray(val).astype(odt) if materialize else None
+                if sink is not None:
+                    sink(path, (), np.asarray(val).astype(odt, copy=False))
         except ConversionError as e:
             problems.append(str(e))
         if on_tensor is not None:
