@@ -365,6 +365,105 @@ class JanusFlowConfig:
             self, llm=dataclasses.replace(self.llm, **kw), siglip=dataclasses.replace(self.siglip, **kw)
         )
 
+    def to_official_json(self) -> dict[str, Any]:
+        """The official JanusFlow `config.json` describing this architecture; `from_official_json`
+        of it gives this config. A SigLIP that is an entry of the official table is named by
+        `model_name` (+ `select_layer` for fewer blocks), as the real config does; any other gets
+        the `siglip_vit_cfg` addition of the reference fixtures. `hardcoded_dims` records the
+        aligner sizes the official code hard-codes at 1.3B."""
+        llm, sig, enc, dec = self.llm, self.siglip, self.gen_enc, self.gen_dec
+        if self.gen_image_size != sig.image_size:
+            raise ConfigError(
+                f"gen_image_size {self.gen_image_size} differs from the SigLIP image size {sig.image_size}: "
+                "the official JanusFlow config.json cannot express it"
+            )
+        vision: dict[str, Any] = {"image_size": sig.image_size, "select_feature": "same"}
+        for name, t in SIGLIP_MODELS.items():
+            same = (t["patch_size"], t["width"], t["heads"], int(t["width"] * t["mlp_ratio"]))
+            want = (sig.patch_size, sig.width, sig.num_heads, sig.mlp_dim)
+            if same == want and t["layers"] >= sig.depth and sig.layer_norm_eps == 1e-6:
+                vision.update(model_name=name, select_layer=sig.depth - t["layers"] - 1)
+                break
+        else:
+            vision.update(
+                model_name=f"siglip_custom_patch{sig.patch_size}_{sig.image_size}",
+                select_layer=-1,
+                siglip_vit_cfg={
+                    "image_size": sig.image_size,
+                    "patch_size": sig.patch_size,
+                    "width": sig.width,
+                    "layers": sig.depth,
+                    "heads": sig.num_heads,
+                    "mlp_ratio": sig.mlp_dim / sig.width,
+                    "global_pool": "map",
+                    "use_checkpoint": False,
+                    **({"layer_norm_eps": sig.layer_norm_eps} if sig.layer_norm_eps != 1e-6 else {}),
+                },
+            )
+        if sig.pixel_mean is not None:
+            vision.update(pixel_mean=list(sig.pixel_mean), pixel_std=list(sig.pixel_std))
+        return {
+            "architectures": ["MultiModalityCausalLM"],
+            "model_type": "multi_modality",
+            "language_config": {
+                "model_type": "llama",
+                "vocab_size": llm.vocab_size,
+                "hidden_size": llm.hidden_size,
+                "intermediate_size": llm.intermediate_size,
+                "num_hidden_layers": llm.num_hidden_layers,
+                "num_attention_heads": llm.num_attention_heads,
+                "num_key_value_heads": llm.num_key_value_heads,
+                **({"head_dim": llm.head_dim_override} if llm.head_dim_override else {}),
+                "rms_norm_eps": llm.rms_norm_eps,
+                "rope_theta": llm.rope_theta,
+                "max_position_embeddings": llm.max_position_embeddings,
+                "hidden_act": "silu",
+                "attention_bias": False,
+                "tie_word_embeddings": False,
+            },
+            "vision_und_enc_config": {"cls": "CLIPVisionTower", "model_type": "vision_und_enc", "params": vision},
+            "vision_gen_enc_config": {
+                "cls": "ShallowUViTEncoder",
+                "model_type": "vision_gen_enc",
+                "params": {
+                    "block_out_channels": [enc.channels],
+                    "elementwize_affine": True,  # sic: the official key
+                    "hidden_size": enc.hidden_size,
+                    "input_channels": enc.input_channels,
+                    "kernel_size": enc.kernel_size,
+                    "layers_in_middle": enc.layers_in_middle,
+                    "norm_eps": enc.norm_eps,
+                    "padding": enc.padding,
+                    "stride": enc.stride,
+                    "use_bias": enc.use_bias,
+                    "use_mid_block": enc.use_mid_block,
+                },
+            },
+            "vision_gen_dec_config": {
+                "cls": "ShallowUViTDecoder",
+                "model_type": "vision_gen_dec",
+                "params": {
+                    "block_out_channels": [dec.channels],
+                    "elementwise_affine": True,
+                    "hidden_size": dec.hidden_size,
+                    "in_channels": dec.in_channels,
+                    "layers_in_middle": dec.layers_in_middle,
+                    "norm_eps": dec.norm_eps,
+                    "out_channels": dec.out_channels,
+                    "upsamples": dec.upsamples,
+                    "use_bias": dec.use_bias,
+                    "use_mid_block": dec.use_mid_block,
+                },
+            },
+            "hardcoded_dims": {
+                "vision_und_enc_aligner": list(self.und_aligner_dims),
+                "beg_of_und_embed": [1, llm.hidden_size],
+                "vision_gen_enc_aligner": list(self.gen_enc_aligner_dims),
+                "vision_gen_dec_aligner_norm": llm.hidden_size,
+                "vision_gen_dec_aligner": list(self.gen_dec_aligner_dims),
+            },
+        }
+
 
 # The official `siglip_vit.SigLIP_MODEL_CONFIG` table, by model_name (public architecture facts).
 SIGLIP_MODELS: dict[str, dict[str, Any]] = {

@@ -229,6 +229,104 @@ class JanusConfig:
             "gen_image_size": self.gen_image_size,
         }
 
+    def to_hf_json(self, token_ids: dict[str, int] | None = None, dtype: str = "float32") -> dict[str, Any]:
+        """transformers' `JanusForConditionalGeneration` config.json for this architecture (every
+        field written out; `from_hf_json` of it gives an equivalent config). `token_ids` (bos_id,
+        eos_id, pad_id, image_id) fill the text config's special ids and `image_token_id`. A
+        ConfigError names what transformers' Janus cannot express: its aligners and head are GELU
+        MLPs of the LLM width, the in-model pixel normalisation does not exist there, the VQ
+        encoder and decoder share one channel multiplier and the codes are l2-normalised, and the
+        generated image is one code per SigLIP patch."""
+        llm, sig, vq, ids = self.llm, self.siglip, self.vq, token_ids or {}
+        d = llm.hidden_size
+        grid = sig.image_size // sig.patch_size
+        mlp_ratio = sig.mlp_dim / sig.width
+        checks = [
+            (self.aligner.n_embed == d and self.gen_aligner.n_embed == d, "the aligners' output width is not the LLM width"),
+            (self.gen_head.image_token_embed == d, f"gen_head width {self.gen_head.image_token_embed} is not the LLM width {d}"),
+            (self.gen_head.n_embed == d, "gen_head input is not the LLM width"),
+            (sig.pixel_mean is None, "the SigLIP tower normalises pixels inside the model"),
+            (vq.encoder_ch_mult == vq.decoder_ch_mult, "the VQ encoder and decoder channel multipliers differ"),
+            (vq.codebook_l2_norm, "the VQ codebook is not l2-normalised"),
+            (vq.norm_groups == 32 and vq.norm_eps == 1e-6, "the VQ GroupNorm is not 32 groups, eps 1e-6"),
+            (self.gen_image_size == grid * vq.downsample_factor,
+             f"gen_image_size {self.gen_image_size} is not {grid} codes (one per SigLIP patch) × {vq.downsample_factor}"),
+            (int(sig.width * mlp_ratio) == sig.mlp_dim, f"SigLIP mlp width {sig.mlp_dim} is no ratio of {sig.width}"),
+        ]  # fmt: skip
+        for ok, why in checks:
+            if not ok:
+                raise ConfigError(f"transformers' Janus layout cannot express this model: {why}")
+        text = {
+            "model_type": "llama",
+            "vocab_size": llm.vocab_size,
+            "hidden_size": d,
+            "intermediate_size": llm.intermediate_size,
+            "num_hidden_layers": llm.num_hidden_layers,
+            "num_attention_heads": llm.num_attention_heads,
+            "num_key_value_heads": llm.num_key_value_heads,
+            **({"head_dim": llm.head_dim_override} if llm.head_dim_override else {}),
+            "rms_norm_eps": llm.rms_norm_eps,
+            "rope_theta": llm.rope_theta,  # transformers 4.x
+            "rope_parameters": {"rope_type": "default", "rope_theta": llm.rope_theta},  # 5.x
+            "max_position_embeddings": llm.max_position_embeddings,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "mlp_bias": False,
+            "pretraining_tp": 1,
+            "tie_word_embeddings": False,
+            **{f"{k}_token_id": ids[f"{k}_id"] for k in ("bos", "eos", "pad") if f"{k}_id" in ids},
+        }
+        vision = {
+            "model_type": "janus_vision_model",
+            "hidden_size": sig.width,
+            "num_hidden_layers": sig.depth,
+            "num_attention_heads": sig.num_heads,
+            "num_channels": 3,
+            "image_size": sig.image_size,
+            "patch_size": sig.patch_size,
+            "hidden_act": "gelu",
+            "layer_norm_eps": sig.layer_norm_eps,
+            "attention_dropout": 0.0,
+            "mlp_ratio": mlp_ratio,
+            "attention_bias": True,
+            "hidden_dropout_rate": 0.0,
+            "projection_dim": d,
+            "projection_dropout": 0.0,
+            "use_qk_norm": False,
+            "depth": self.aligner.num_linears,
+            "num_image_tokens": grid * grid,
+        }
+        vq_cfg = {
+            "model_type": "janus_vqgan",
+            "embed_dim": vq.codebook_embed_dim,
+            "num_embeddings": vq.codebook_size,
+            "double_latent": False,
+            "latent_channels": vq.z_channels,
+            "in_channels": 3,
+            "out_channels": 3,
+            "base_channels": vq.ch,
+            "channel_multiplier": list(vq.encoder_ch_mult),
+            "num_res_blocks": vq.num_res_blocks,
+            "dropout": 0.0,
+            "num_patches": grid,
+            "projection_dim": d,
+            "num_hidden_layers": self.gen_aligner.num_linears,
+            "hidden_act": "gelu",
+            "image_token_embed_dim": d,
+        }
+        return {
+            "architectures": ["JanusForConditionalGeneration"],
+            "model_type": "janus",
+            "dtype": dtype,  # transformers 5.x
+            "torch_dtype": dtype,  # 4.x
+            "tie_word_embeddings": False,
+            **({"image_token_id": ids["image_id"]} if "image_id" in ids else {}),
+            "text_config": text,
+            "vision_config": vision,
+            "vq_config": vq_cfg,
+        }
+
     def with_gen_image_size(self, size: int) -> "JanusConfig":
         return dataclasses.replace(self, gen_image_size=int(size))
 
