@@ -39,6 +39,7 @@ class RunConfig:
 class ModelConfig:
     init_from: str | None = None  # janusflow-convert checkpoint, official HF folder, a run's export, or "default"
     config: str | None = None  # official-format config.json (from scratch)
+    preset: str | None = None  # or a named architecture (janusflow-1.3b; janus-pro-1b/7b for plans), from scratch
     vae_config: str | None = None  # diffusers VAE config.json (from scratch)
     vae_from: str | None = None  # VAE weights: a checkpoint or diffusers folder (else init_from's VAE)
     processor: str | None = None  # folder with tokenizer/processor files (else init_from)
@@ -128,8 +129,8 @@ class TrainConfig:
                 raise TrainConfigError("stage vae does not support optim.grad_accum > 1")
             if self.model.init_from is None and self.model.vae_config is None:
                 raise TrainConfigError("stage vae: give model.vae_config (diffusers config.json) or model.init_from")
-        elif self.model.init_from is None and self.model.config is None:
-            raise TrainConfigError("model: give model.init_from, or model.config (official config.json)")
+        elif self.model.init_from is None and self.model.config is None and self.model.preset is None:
+            raise TrainConfigError("model: give model.init_from, model.config (official config.json) or model.preset")
         elif self.model.init_from is None and self.model.vae_from is None:
             raise TrainConfigError("model: a JanusFlow trained from scratch needs trained VAE weights (model.vae_from)")
         return self

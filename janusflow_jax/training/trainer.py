@@ -136,8 +136,14 @@ class Trainer:
                 loaded = load(m.init_from, vae_path=None, dtype="float32", mesh=self.mesh)
                 base_cfg, vae_cfg = loaded.cfg, loaded.vae_cfg
                 loaded_vae = nnx.to_pure_dict(loaded.vae_params)
-            else:
+            elif m.config:
                 base_cfg = config_lib.from_official_json(config_lib.read_json(m.config))
+            else:
+                from janusflow_jax.plan import model_preset
+
+                family, base_cfg, _ = model_preset(m.preset)
+                if family != "janusflow":
+                    raise TrainError(f"model.preset {m.preset}: Janus training does not exist yet")
             if m.vae_from:
                 vae_cfg, loaded_vae = load_vae(m.vae_from, mesh=self.mesh)
         if m.init_from or m.vae_from:
@@ -215,33 +221,14 @@ class Trainer:
 
     def _setup_state(self) -> None:
         o = self.cfg.optim
-        abstract_params = jax.tree.map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-            nnx.to_pure_dict(nnx.split(self.abstract, nnx.Param)[1]),
-            self.p_shard,
-        )
-        self.labels = state_lib.labels_for(abstract_params, self.cfg.stage)
-        self.tx = state_lib.make_optimizer(o, self.labels)
-        use_ema = o.ema_decay is not None
-        key = jax.random.key(self.cfg.run.seed)
-        abstract_state = jax.eval_shape(
-            lambda p: state_lib.init_state(p, self.tx, self.labels, key, use_ema), abstract_params
-        )
-        self.state_shardings = state_lib.state_shardings_for(abstract_state, self.p_shard, self.tx, self.mesh)
-        self.abstract_state = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, self.state_shardings
-        )
+        lay = train_layout(self.abstract, self.p_shard, self.cfg.stage, o, self.cfg.run.seed, self.mesh)
+        self.labels, self.tx = lay.labels, lay.tx
+        self.state_shardings, self.abstract_state = lay.state_shardings, lay.abstract_state
         if self.vae_mode:
             self.statics = vae_lib.VaeStatics(self.ocfg.kl_weight, self.ocfg.edge_weight, o.ema_decay)
         else:
             self.statics = StepStatics(self.ocfg, self.latent_shape, self.num_gen_tokens, o.grad_accum, o.ema_decay)
-        n_train = sum(
-            math.prod(p.shape)
-            for p, lab in zip(jax.tree.leaves(abstract_params), jax.tree.leaves(self.labels))
-            if lab == state_lib.TRAIN
-        )
-        n_all = sum(math.prod(p.shape) for p in jax.tree.leaves(abstract_params))
-        self.log(f"stage {self.cfg.stage}: {n_train / 1e6:.2f}M of {n_all / 1e6:.2f}M parameters train")
+        self.log(f"stage {self.cfg.stage}: {lay.n_train / 1e6:.2f}M of {lay.n_all / 1e6:.2f}M parameters train")
 
     def _fresh_state(self) -> dict:
         params = self._init_params()
@@ -260,19 +247,15 @@ class Trainer:
         }
 
     def _batch_shardings(self, batch_np: dict) -> dict:
-        return jax.tree.map(lambda x: NamedSharding(self.mesh, P(("data", "fsdp"), *([None] * (x.ndim - 1)))), batch_np)
+        return batch_shardings(batch_np, self.mesh)
 
     def _compile_step(self, batch_np: dict):
         if self.vae_mode:
             fn = functools.partial(vae_lib.vae_train_step, self.graphdef, self.tx, self.statics)
         else:
             fn = functools.partial(train_step, self.graphdef, self.tx, self.labels, self.statics)
-        bs = self._batch_shardings(batch_np)
-        rep = NamedSharding(self.mesh, P())
-        self._bs = bs
-        self._step = jax.jit(
-            fn, in_shardings=(self.state_shardings, bs), out_shardings=(self.state_shardings, rep), donate_argnums=0
-        )
+        self._bs = self._batch_shardings(batch_np)
+        self._step = jit_step(fn, self.state_shardings, self._bs, self.mesh)
 
     def global_batch(self, batch_np: dict) -> dict:
         """This process's rows → global arrays sharded over (data, fsdp)."""
@@ -303,22 +286,7 @@ class Trainer:
         self.tokens_per_step = (
             mix.gen * (d.gen_prompt_len + self.num_gen_tokens) + mix.und * d.und_len + mix.text * d.text_len
         )
-        c = self.model_cfg
-        side = self.latent_shape[0]
-        fwd_train = 0.0
-        fwd_frozen = 0.0
-        if mix.gen:
-            fwd_train += flops.gen_step_flops(c, mix.gen, side, d.gen_prompt_len, recompute=True)
-            if self.ocfg.repa_weight > 0:
-                fwd_frozen += flops.siglip_flops(c.siglip, mix.gen)
-        if mix.und:
-            fwd_train += flops.siglip_flops(c.siglip, mix.und)
-            fwd_train += flops.llm_flops(c.llm, mix.und, d.und_len, lm_head_tokens=d.und_len)
-        if mix.text:
-            fwd_train += flops.llm_flops(c.llm, mix.text, d.text_len, lm_head_tokens=d.text_len)
-        # model FLOPs: forward + backward (2× forward) of the networks the loss flows through, plus
-        # the forward of the frozen feature extractors (SigLIP for REPA); the VAE encoder is not counted
-        self.flops_per_step = 3.0 * fwd_train + fwd_frozen
+        self.flops_per_step = model_flops_per_step(self.model_cfg, self.latent_shape[0], self.ocfg, d)
 
     # --- checkpoints ------------------------------------------------------------------------------
 
@@ -571,6 +539,71 @@ class Trainer:
     def close(self) -> None:
         self.mngr.wait_until_finished()
         self.mngr.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainLayout:
+    """The abstract train state of a run and how it is laid out (no arrays): what `Trainer` builds
+    before it touches weights, and what `janusflow_jax.plan` compiles ahead of time."""
+
+    labels: dict  # params tree of "train" / "frozen"
+    tx: Any  # the optax transformation (frozen leaves: set_to_zero)
+    state_shardings: dict
+    abstract_state: dict  # ShapeDtypeStructs with their shardings
+    n_train: int
+    n_all: int
+
+
+def train_layout(abstract, p_shard: dict, stage: str, optim, seed: int, mesh) -> TrainLayout:
+    """Labels, optimizer, shardings and abstract state for the abstract modules `abstract`."""
+    abstract_params = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        nnx.to_pure_dict(nnx.split(abstract, nnx.Param)[1]),
+        p_shard,
+    )
+    labels = state_lib.labels_for(abstract_params, stage)
+    tx = state_lib.make_optimizer(optim, labels)
+    use_ema = optim.ema_decay is not None
+    key = jax.random.key(seed)
+    abstract_state = jax.eval_shape(lambda p: state_lib.init_state(p, tx, labels, key, use_ema), abstract_params)
+    shardings = state_lib.state_shardings_for(abstract_state, p_shard, tx, mesh)
+    abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+    )
+    leaves, labs = jax.tree.leaves(abstract_params), jax.tree.leaves(labels)
+    n_train = sum(math.prod(p.shape) for p, lab in zip(leaves, labs) if lab == state_lib.TRAIN)
+    n_all = sum(math.prod(p.shape) for p in leaves)
+    return TrainLayout(labels, tx, shardings, abstract_state, n_train, n_all)
+
+
+def batch_shardings(batch: dict, mesh) -> dict:
+    """Every batch array split by rows over the batch axes ("data", "fsdp")."""
+    return jax.tree.map(lambda x: NamedSharding(mesh, P(("data", "fsdp"), *([None] * (len(x.shape) - 1)))), batch)
+
+
+def jit_step(fn, state_shardings: dict, batch_sh: dict, mesh):
+    """`fn(state, batch) -> (state, metrics)` jitted with explicit shardings, the state donated."""
+    rep = NamedSharding(mesh, P())
+    return jax.jit(fn, in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, rep), donate_argnums=0)
+
+
+def model_flops_per_step(c, latent_side: int, ocfg, d) -> float:
+    """Model FLOPs of one step on the global batch `d.mix` (a DataConfig): forward + backward (2×
+    forward) of the networks the loss flows through, plus the forward of the frozen feature
+    extractors (SigLIP for REPA); the VAE encoder is not counted."""
+    mix = d.mix
+    fwd_train = 0.0
+    fwd_frozen = 0.0
+    if mix.gen:
+        fwd_train += flops.gen_step_flops(c, mix.gen, latent_side, d.gen_prompt_len, recompute=True)
+        if ocfg.repa_weight > 0:
+            fwd_frozen += flops.siglip_flops(c.siglip, mix.gen)
+    if mix.und:
+        fwd_train += flops.siglip_flops(c.siglip, mix.und)
+        fwd_train += flops.llm_flops(c.llm, mix.und, d.und_len, lm_head_tokens=d.und_len)
+    if mix.text:
+        fwd_train += flops.llm_flops(c.llm, mix.text, d.text_len, lm_head_tokens=d.text_len)
+    return 3.0 * fwd_train + fwd_frozen
 
 
 def _read_history(path: str, upto: int) -> list[dict]:
