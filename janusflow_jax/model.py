@@ -67,6 +67,22 @@ def _sample_latents(graphdef, params, prompt_ids, prompt_mask, z0, cfg_weight, n
     )
 
 
+def _images_and_latents(
+    graphdef, params, vae_graphdef, vae_params, ids, mask, neg_ids, neg_mask, z0, cfg_weight, num_steps, solver,
+    pad_id, progress,
+):  # fmt: skip
+    """CFG rows, prompt prefill, scanned ODE, VAE decode: `(uint8 images, final latents)`."""
+    m = nnx.merge(graphdef, params)
+    n = m.cfg.grid_for_latent(z0.shape[1]) ** 2
+    batch = image_sampling.cfg_batch(ids, mask, n, pad_id, neg_ids, neg_mask)
+    z = image_sampling.sample_latents(
+        m, batch, z0.astype(m.dtype), num_steps=num_steps, cfg_weight=cfg_weight, solver=solver, progress=progress
+    )
+    vae = nnx.merge(vae_graphdef, vae_params)
+    x = vae.decode(z.astype(jnp.dtype(vae.cfg.dtype)) / vae.cfg.scaling_factor).astype(jnp.float32)
+    return jnp.clip((x + 1.0) / 2.0 * 255.0, 0.0, 255.0).astype(jnp.uint8), z.astype(jnp.float32)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "vae_graphdef", "num_steps", "solver", "pad_id", "progress"))
 def _generate_images(
     graphdef,
@@ -85,15 +101,24 @@ def _generate_images(
     progress,
 ):
     """Everything in one program: CFG rows, prompt prefill, scanned ODE, VAE decode, uint8."""
-    m = nnx.merge(graphdef, params)
-    n = m.cfg.grid_for_latent(z0.shape[1]) ** 2
-    batch = image_sampling.cfg_batch(ids, mask, n, pad_id, neg_ids, neg_mask)
-    z = image_sampling.sample_latents(
-        m, batch, z0.astype(m.dtype), num_steps=num_steps, cfg_weight=cfg_weight, solver=solver, progress=progress
-    )
-    vae = nnx.merge(vae_graphdef, vae_params)
-    x = vae.decode(z.astype(jnp.dtype(vae.cfg.dtype)) / vae.cfg.scaling_factor).astype(jnp.float32)
-    return jnp.clip((x + 1.0) / 2.0 * 255.0, 0.0, 255.0).astype(jnp.uint8)
+    return _images_and_latents(graphdef, params, vae_graphdef, vae_params, ids, mask, neg_ids, neg_mask, z0,
+                               cfg_weight, num_steps, solver, pad_id, progress)[0]  # fmt: skip
+
+
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "vae_graphdef", "latent_shape", "num_steps", "solver", "pad_id")
+)
+def _generate_batch(
+    graphdef, params, vae_graphdef, vae_params, ids, mask, neg_ids, neg_mask, key_data, cfg_weight, latent_shape,
+    num_steps, solver, pad_id,
+):  # fmt: skip
+    """`_generate_images` from one explicit key per row (raw key data `[B, 2]`), also returning the
+    latents: row r's noise is `normal(key_r)`, so it depends on that key only, never on the row's
+    slot or the batch size."""
+    keys = jax.random.wrap_key_data(key_data)
+    z0 = jax.vmap(lambda k: jax.random.normal(k, latent_shape, jnp.float32))(keys)
+    return _images_and_latents(graphdef, params, vae_graphdef, vae_params, ids, mask, neg_ids, neg_mask, z0,
+                               cfg_weight, num_steps, solver, pad_id, False)  # fmt: skip
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -319,6 +344,46 @@ class JanusFlowModel(ModelBase):
             )
         return np.concatenate([np.asarray(o) for o in out])
 
+    def generate_batch(
+        self,
+        ids,
+        mask,
+        key_data,
+        *,
+        num_steps: int,
+        cfg_weight: float,
+        solver: str = "euler",
+        neg_ids=None,
+        neg_mask=None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """One compiled batch from explicit per-image keys: `(uint8 images [B,H,W,3], float32 latents
+        [B,h,w,4])`. `ids`/`mask` `[B, L]` left-padded generation prompts (`neg_*` the same for a
+        negative prompt), `key_data` `[B, 2]` uint32 raw keys: row r's noise is `normal(key_r)`.
+        Inputs may be global arrays sharded over the mesh's batch axes (data parallel, see
+        `janusflow_jax.sampling.batch`); the program is traced with this model's mesh set."""
+        if int(num_steps) <= 0:
+            raise ValueError(f"num_steps must be positive, got {num_steps}")
+        if solver not in ("euler", "heun"):
+            raise ValueError(f"unknown solver {solver!r} (euler or heun)")
+        with use_mesh(self.mesh):
+            return self._run(
+                _generate_batch,
+                self.graphdef,
+                self.params,
+                self.vae_graphdef,
+                self.vae_params,
+                ids,
+                mask,
+                neg_ids,
+                neg_mask,
+                key_data,
+                np.float32(cfg_weight),  # a host scalar: jit places it (also across processes)
+                latent_shape=self.latent_shape(),
+                num_steps=int(num_steps),
+                solver=solver,
+                pad_id=int(self.pad_id),
+            )
+
     def vae_decode(self, latents) -> jax.Array:
         """Scaled latents `[B,h,w,C]` → images `[B,H,W,3]` in about [-1, 1] (divides by scaling_factor)."""
         dt = jnp.dtype(self.vae_cfg.dtype)
@@ -333,8 +398,10 @@ class JanusFlowModel(ModelBase):
 # --- loading -----------------------------------------------------------------------------------
 
 
-def read_hf_folder(model_dir: str, vae_dir: str, *, dtype: str = "float32", progress=None):
-    """Read an official JanusFlow folder + diffusers VAE folder into host param trees (no torch)."""
+def hf_folder_parts(model_dir: str, vae_dir: str, *, dtype: str = "float32"):
+    """Configs of an official JanusFlow folder + diffusers VAE folder and, per parameter tree, what
+    converts it: `(cfg, vae_cfg, [(tree, source, targets, rules, ignored)])` (nothing read yet but
+    configs and weight-file headers)."""
     if not os.path.isdir(model_dir):
         raise LoadError(f"{model_dir}: not a folder")
     cfg = config_lib.load_official_config(model_dir).with_dtype(dtype)
@@ -342,20 +409,19 @@ def read_hf_folder(model_dir: str, vae_dir: str, *, dtype: str = "float32", prog
         raise LoadError(f"{vae_dir}: VAE folder not found (pass vae_path / --vae)")
     vae_cfg = dataclasses.replace(config_lib.load_vae_config(vae_dir), dtype=dtype, param_dtype=dtype)
     jf_abs, vae_abs = abstract_modules(cfg, vae_cfg)
-    jf = weights.load_params(
-        open_weights(model_dir, "model"),
-        weights.param_targets(jf_abs),
-        weights.JANUSFLOW_RULES,
-        weights.JANUSFLOW_IGNORED,
-        progress=progress,
-    )
-    vae = weights.load_params(
-        open_weights(vae_dir, "diffusion_pytorch_model"),
-        weights.param_targets(vae_abs),
-        weights.VAE_RULES,
-        weights.VAE_IGNORED,
-        progress=progress,
-    )
+    parts = [
+        ("janusflow", open_weights(model_dir, "model"), weights.param_targets(jf_abs), weights.JANUSFLOW_RULES,
+         weights.JANUSFLOW_IGNORED),
+        ("vae", open_weights(vae_dir, "diffusion_pytorch_model"), weights.param_targets(vae_abs), weights.VAE_RULES,
+         weights.VAE_IGNORED),
+    ]  # fmt: skip
+    return cfg, vae_cfg, parts
+
+
+def read_hf_folder(model_dir: str, vae_dir: str, *, dtype: str = "float32", progress=None):
+    """Read an official JanusFlow folder + diffusers VAE folder into host param trees (no torch)."""
+    cfg, vae_cfg, parts = hf_folder_parts(model_dir, vae_dir, dtype=dtype)
+    jf, vae = (weights.load_params(src, t, r, ig, progress=progress) for _, src, t, r, ig in parts)
     return cfg, vae_cfg, jf, vae
 
 

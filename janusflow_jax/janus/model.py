@@ -109,14 +109,32 @@ def _sample_codes(graphdef, params, ids, mask, neg_ids, neg_mask, keys, temperat
                   noise, opts)  # fmt: skip
 
 
+def _images_and_codes(m, ids, mask, neg_ids, neg_mask, keys, temperature, top_p, cfg_weight, opts):
+    """CFG rows, prompt prefill, the token loop, VQ decode: `(uint8 images, codes)`."""
+    out = _codes(m, ids, mask, neg_ids, neg_mask, keys, temperature, top_p, cfg_weight, None, opts)
+    g = m.cfg.gen_grid
+    x = m.gen_vision_model.decode_code(out.tokens.reshape(-1, g, g))
+    return gen.uint8_images(x), out.tokens
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "opts"))
 def _generate_images(graphdef, params, ids, mask, neg_ids, neg_mask, keys, temperature, top_p, cfg_weight, opts):
     """Everything in one program: CFG rows, prompt prefill, the token loop, VQ decode, uint8."""
     m = nnx.merge(graphdef, params)
-    out = _codes(m, ids, mask, neg_ids, neg_mask, keys, temperature, top_p, cfg_weight, None, opts)
-    g = m.cfg.gen_grid
-    x = m.gen_vision_model.decode_code(out.tokens.reshape(-1, g, g))
-    return gen.uint8_images(x)
+    return _images_and_codes(m, ids, mask, neg_ids, neg_mask, keys, temperature, top_p, cfg_weight, opts)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "opts"))
+def _generate_batch(graphdef, params, ids, mask, neg_ids, neg_mask, key_data, temperature, top_p, cfg_weight, opts):
+    """`_generate_images` from raw key data `[B, 2]` (one key stream per row), also returning the codes."""
+    m = nnx.merge(graphdef, params)
+    keys = jax.random.wrap_key_data(key_data)
+    return _images_and_codes(m, ids, mask, neg_ids, neg_mask, keys, temperature, top_p, cfg_weight, opts)
+
+
+def _image_sampler(greedy: bool, top_k: int | None, top_p: float) -> Sampler:
+    return Sampler(greedy=bool(greedy), top_k=None if top_k is None else int(top_k), per_row_keys=True,
+                   nucleus=float(top_p) < 1.0)  # fmt: skip
 
 
 def _rows(ids, dtype=np.int32) -> np.ndarray:
@@ -204,6 +222,10 @@ class JanusModel(ModelBase):
                 f"prompt of {prompt_len} tokens + {num_tokens} image tokens exceeds the context of "
                 f"{self.cfg.llm.max_position_embeddings} positions"
             )
+
+    def check_generation_length(self, prompt_len: int) -> None:
+        """ValueError when a prompt of `prompt_len` tokens plus the image's codes exceeds the context."""
+        self._check_length(prompt_len, self.cfg.num_gen_tokens)
 
     def image_token_logits(self, prompt_ids, codes, *, cfg_weight: float, prompt_mask=None) -> jax.Array:
         """Guided logits `[B, N, K]` of every step when `codes` `[B, N]` are fed back (teacher forcing);
@@ -315,13 +337,7 @@ class JanusModel(ModelBase):
         self._check_length(length, n)
         length = min(-(-length // bucket) * bucket, self.cfg.llm.max_position_embeddings - n)
         keys = self._keys(seed, len(rows))
-        sampler = Sampler(
-            greedy=bool(greedy),
-            top_k=None if top_k is None else int(top_k),
-            per_row_keys=True,
-            nucleus=float(top_p) < 1.0,
-        )
-        opts = (n, sampler, int(self.pad_id), False, 64 if progress else 0)
+        opts = (n, _image_sampler(greedy, top_k, top_p), int(self.pad_id), False, 64 if progress else 0)
         bs = int(batch_size or len(rows))
         out = []
         for a in range(0, len(rows), bs):
@@ -345,6 +361,47 @@ class JanusModel(ModelBase):
             )
         return np.concatenate([np.asarray(o) for o in out])
 
+    def generate_batch(
+        self,
+        ids,
+        mask,
+        key_data,
+        *,
+        cfg_weight: float,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        neg_ids=None,
+        neg_mask=None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """One compiled batch from explicit per-image keys: `(uint8 images [B,H,W,3], int32 codes [B,N])`.
+        `ids`/`mask` `[B, L]` left-padded generation prompts (`neg_*` the same for a negative
+        prompt), `key_data` `[B, 2]` uint32 raw keys: row r draws every code from its own key stream.
+        Inputs may be global arrays sharded over the mesh's batch axes (data parallel, see
+        `janusflow_jax.sampling.batch`); the program is traced with this model's mesh set."""
+        if not greedy and float(temperature) <= 0:
+            raise ValueError("temperature must be > 0 (or pass greedy=True)")
+        n = self.cfg.num_gen_tokens
+        self.check_generation_length(np.shape(ids)[1])
+        opts = (n, _image_sampler(greedy, top_k, top_p), int(self.pad_id), False, 0)
+        f32 = np.float32  # host scalars: jit places them (also across processes)
+        with use_mesh(self.mesh):
+            return self._run(
+                _generate_batch,
+                self.graphdef,
+                self.params,
+                ids,
+                mask,
+                neg_ids,
+                neg_mask,
+                key_data,
+                f32(temperature),
+                f32(top_p),
+                f32(cfg_weight),
+                opts=opts,
+            )
+
 
 # --- loading -----------------------------------------------------------------------------------
 
@@ -353,6 +410,13 @@ def read_folder(model_dir: str, *, dtype: str = "float32", progress=None) -> tup
     """Config and host parameters (nested dict) of a Janus folder: the official layout
     (`config.json` of `MultiModalityCausalLM`) or transformers' `JanusForConditionalGeneration` layout,
     with weights in any published format. No torch; nothing in the files executes."""
+    cfg, [(_, source, targets, rules, ignored)] = folder_parts(model_dir, dtype=dtype)
+    return cfg, weights.load_params(source, targets, rules, ignored, progress=progress)
+
+
+def folder_parts(model_dir: str, *, dtype: str = "float32"):
+    """`(cfg, [("janus", source, targets, rules, ignored)])` of a Janus folder: what `read_folder`
+    converts, before any tensor is read."""
     from janusflow_jax.weight_files import open_weights
 
     d = read_json(os.path.join(model_dir, "config.json"))
@@ -368,7 +432,7 @@ def read_folder(model_dir: str, *, dtype: str = "float32", progress=None) -> tup
         raise ConfigError(str(e) if str(e).startswith(path) else f"{path}: {e}") from None
     cfg = cfg.with_dtype(dtype)
     targets = weights.param_targets(abstract_module(cfg))
-    return cfg, weights.load_params(open_weights(model_dir, "model"), targets, rules, ignored, progress=progress)
+    return cfg, [("janus", open_weights(model_dir, "model"), targets, rules, ignored)]
 
 
 def load(path: str, *, dtype: str = "float32", mesh=None) -> JanusModel:
