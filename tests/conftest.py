@@ -38,6 +38,17 @@ def nchw_to_nhwc(x):
     return np.moveaxis(x, -3, -1)
 
 
+# The longest modules (minutes each on a 2-core machine: the training runs and the train-step
+# compiles) go first, so the two xdist workers (pyproject addopts, --dist loadfile) finish together
+# instead of one of them starting a long module last.
+_LONGEST_FIRST = ("test_shapes_train.py", "test_train_run.py", "test_train_core.py", "test_sharding.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 _SESSION_MODELS: list = []  # model objects of session fixtures (their `_run` keeps compiled programs)
 
 

@@ -156,7 +156,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(work):
     assert kept and max(kept) == bad - 1
 
 
-def test_bad_configs_fail_with_one_clear_line(work, tmp_path):
+def test_bad_configs_fail_with_one_clear_line(work, tmp_path, capsys):
+    """In process (each case fails before anything compiles): exit 2 and one error line naming it."""
+    from train.cli import main
+
     root, common = work
     cases = [
         (["optim.lrr=1"], "unknown config key 'optim.lrr'"),
@@ -169,12 +172,14 @@ def test_bad_configs_fail_with_one_clear_line(work, tmp_path):
         (["notakeyvalue"], "is not key=value"),
     ]
     for overrides, msg in cases:
-        r = _train(root, common, f"run.out_dir={tmp_path / 'bad'}", *overrides, timeout=300)
-        assert r.returncode == 2, (overrides, r.stderr[-1500:])
-        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("janusflow-train: error:")]
-        assert len(errors) == 1 and msg in errors[0], (overrides, r.stderr[-1500:])
-    r = _train(root, ["--config", str(tmp_path / "missing.yaml")], timeout=120)
-    assert r.returncode == 2 and "config file not found" in r.stderr
+        capsys.readouterr()
+        rc = main(common + [f"run.out_dir={tmp_path / 'bad'}", *overrides])
+        err = capsys.readouterr().err
+        assert rc == 2, (overrides, err[-1500:])
+        errors = [ln for ln in err.splitlines() if ln.startswith("janusflow-train: error:")]
+        assert len(errors) == 1 and msg in errors[0], (overrides, err[-1500:])
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
 
 
 @pytest.mark.slow
