@@ -5,9 +5,12 @@ Public API: `load()` → `JanusFlowModel` or `JanusModel` (the family is detecte
 `ModelBase`), the configs and presets, the networks.
 """
 
-# First, before anything can create JAX's backends: opt-in CPU scratch reuse (see host_memory).
+# First, before anything can create JAX's backends: no TPU probe on a machine without one (see
+# _platforms), opt-in CPU scratch reuse (see host_memory).
+from janusflow_jax import _platforms
 from janusflow_jax import host_memory as _host_memory
 
+_platforms.skip_absent_tpu()
 _host_memory.from_environment()
 
 from janusflow_jax.config import (

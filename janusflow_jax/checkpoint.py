@@ -143,7 +143,7 @@ def restore_params(path: str, target: dict[str, Any] | None = None) -> dict[str,
     path = os.path.abspath(path)  # Orbax refuses relative paths
     read_metadata(path)
     params = os.path.join(path, "params")
-    if target is not None and all(getattr(a, "sharding", None) is not None for a in _leaves(target)):
+    if target is not None and all(getattr(a, "sharding", None) is not None for a in dict_leaves(target)):
         return _destringify(_restore_sharded(params, _stringify(target)))
     ckptr = ocp.StandardCheckpointer()
     try:
@@ -201,7 +201,7 @@ def save_streamed(
     leaf; `(i?, :, …, j)` a part, gathered in memory until its whole unit — the leaf or slice i — is
     complete). Every element must be written exactly once. Peak memory: the value being written,
     incomplete units, and at most `queue_bytes` (default: 1/32 of the tree, 8-256 MiB) waiting."""
-    total = sum(p.nbytes for p in _leaves(layout))
+    total = sum(p.nbytes for p in dict_leaves(layout))
     stream = _Stream(fill, queue_bytes or int(min(WRITE_QUEUE_BYTES, max(8 << 20, total // 32))))
     tree = _stringify(layout)
     for key, p in _flat_items(tree):
@@ -478,9 +478,10 @@ def _unflat(flat: dict) -> dict:
     return out
 
 
-def _leaves(tree):
+def dict_leaves(tree):
+    """The leaves of a nested dict, in insertion order (anything that is not a dict is a leaf)."""
     if isinstance(tree, dict):
         for v in tree.values():
-            yield from _leaves(v)
+            yield from dict_leaves(v)
     else:
         yield tree

@@ -405,22 +405,7 @@ class JanusFlowConfig:
         return {
             "architectures": ["MultiModalityCausalLM"],
             "model_type": "multi_modality",
-            "language_config": {
-                "model_type": "llama",
-                "vocab_size": llm.vocab_size,
-                "hidden_size": llm.hidden_size,
-                "intermediate_size": llm.intermediate_size,
-                "num_hidden_layers": llm.num_hidden_layers,
-                "num_attention_heads": llm.num_attention_heads,
-                "num_key_value_heads": llm.num_key_value_heads,
-                **({"head_dim": llm.head_dim_override} if llm.head_dim_override else {}),
-                "rms_norm_eps": llm.rms_norm_eps,
-                "rope_theta": llm.rope_theta,
-                "max_position_embeddings": llm.max_position_embeddings,
-                "hidden_act": "silu",
-                "attention_bias": False,
-                "tie_word_embeddings": False,
-            },
+            "language_config": llama_official_json(llm),
             "vision_und_enc_config": {"cls": "CLIPVisionTower", "model_type": "vision_und_enc", "params": vision},
             "vision_gen_enc_config": {
                 "cls": "ShallowUViTEncoder",
@@ -545,6 +530,26 @@ LLAMA_DEFAULTS: dict[str, Any] = dict(
     pretraining_tp=1,
     head_dim=None,
 )
+
+
+def llama_official_json(llm: LlamaConfig) -> dict:
+    """The official `language_config` of a Llama config (what `parse_llama` reads back)."""
+    return {
+        "model_type": "llama",
+        "vocab_size": llm.vocab_size,
+        "hidden_size": llm.hidden_size,
+        "intermediate_size": llm.intermediate_size,
+        "num_hidden_layers": llm.num_hidden_layers,
+        "num_attention_heads": llm.num_attention_heads,
+        "num_key_value_heads": llm.num_key_value_heads,
+        **({"head_dim": llm.head_dim_override} if llm.head_dim_override else {}),
+        "rms_norm_eps": llm.rms_norm_eps,
+        "rope_theta": llm.rope_theta,
+        "max_position_embeddings": llm.max_position_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "tie_word_embeddings": False,
+    }
 
 
 def parse_llama(lc: Any, where: str = "config.json language_config") -> LlamaConfig:

@@ -77,7 +77,7 @@ def convert(
         converter_version=CONVERTER_VERSION,
         dtype=dtype,
         sources=sources,
-        num_params=int(sum(p.size for t in layout.values() for p in _leaves(t))),
+        num_params=int(sum(p.size for t in layout.values() for p in checkpoint.dict_leaves(t))),
     )
     extra = {
         n: os.path.join(model_dir, n) for n in checkpoint.PROCESSOR_FILES if os.path.isfile(os.path.join(model_dir, n))
@@ -169,9 +169,3 @@ def _map(fn, tree):
     return {k: _map(fn, v) for k, v in tree.items()} if isinstance(tree, dict) else fn(tree)
 
 
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    else:
-        yield tree

@@ -3,10 +3,14 @@ train step compiled for a TPU topology description (v5e:2x2) and for a GPU targe
 against a count made here from the fixture's weight files, an over-sized batch reported as not
 fitting, and the report's last line."""
 
+import glob
 import json
 import math
+import os
 import re
 import struct
+import subprocess
+import sys
 
 import pytest
 from conftest import FIXTURES
@@ -14,7 +18,7 @@ from conftest import FIXTURES
 from janusflow_jax import plan
 from train.cli import main as train_main
 
-pytest.importorskip("libtpu", reason="needs the test extra (jax[tpu])")
+import libtpu  # noqa: F401,E402  the test extra installs it: a missing wheel fails here, it is not skipped
 
 TINY_CFG = str(FIXTURES.parent.parent / "train" / "configs" / "tiny.yaml")
 # text rows only: the same train state (every module, stage 2), the smallest program to compile
@@ -134,3 +138,34 @@ def test_targets_table():
     for t in plan.TARGETS.values():
         assert t.bf16_tflops > 0 and t.hbm_gib > 0 and t.hbm_gbs > 0 and t.ici_gbs > 0
     assert plan.TARGETS["v5p-128"].chips == 64  # v5p-N counts TensorCores
+
+
+
+def test_no_tpu_probe_without_accelerator_device_files(tmp_path, monkeypatch):
+    """With libtpu installed and JAX_PLATFORMS unset, the library picks the CPU up front only where
+    no accelerator device file exists; an explicit JAX_PLATFORMS and a present device are left alone."""
+    from janusflow_jax import _platforms
+
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    monkeypatch.setattr(_platforms, "ACCELERATOR_DEVICE_FILES", (str(tmp_path / "accel*"),))
+    assert _platforms.skip_absent_tpu() and os.environ["JAX_PLATFORMS"] == "cpu"
+    assert not _platforms.skip_absent_tpu()  # explicit (here: just set) wins
+    monkeypatch.delenv("JAX_PLATFORMS")
+    (tmp_path / "accel0").touch()
+    assert not _platforms.skip_absent_tpu() and "JAX_PLATFORMS" not in os.environ
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+
+
+def test_plain_import_has_no_libtpu_start_up_errors():
+    """End to end in a fresh interpreter without JAX_PLATFORMS (CI has no accelerator): CPU, and none
+    of libtpu's initialisation errors."""
+    from janusflow_jax import _platforms
+
+    if any(glob.glob(p) for p in _platforms.ACCELERATOR_DEVICE_FILES):
+        pytest.skip("this machine has an accelerator device file: JAX is meant to probe it here")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    code = "import janusflow_jax, jax, os; print(os.environ['JAX_PLATFORMS'], jax.devices()[0].platform)"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["cpu", "cpu"]
+    assert "libtpu" not in r.stderr and "TPU_ACCELERATOR_TYPE" not in r.stderr, r.stderr[-2000:]

@@ -22,6 +22,7 @@ from janusflow_jax.config import (
     _require,
     _section,
     _unknown,
+    llama_official_json,
     parse_llama,
     parse_shared,
 )
@@ -157,22 +158,7 @@ class JanusConfig:
         return {
             "architectures": ["MultiModalityCausalLM"],
             "model_type": "multi_modality",
-            "language_config": {
-                "model_type": "llama",
-                "vocab_size": llm.vocab_size,
-                "hidden_size": llm.hidden_size,
-                "intermediate_size": llm.intermediate_size,
-                "num_hidden_layers": llm.num_hidden_layers,
-                "num_attention_heads": llm.num_attention_heads,
-                "num_key_value_heads": llm.num_key_value_heads,
-                **({"head_dim": llm.head_dim_override} if llm.head_dim_override else {}),
-                "rms_norm_eps": llm.rms_norm_eps,
-                "rope_theta": llm.rope_theta,
-                "max_position_embeddings": llm.max_position_embeddings,
-                "hidden_act": "silu",
-                "attention_bias": False,
-                "tie_word_embeddings": False,
-            },
+            "language_config": llama_official_json(llm),
             "vision_config": {
                 "cls": "CLIPVisionTower",
                 "model_type": "vision",
