@@ -1,10 +1,12 @@
-"""janusflow-convert: official JanusFlow safetensors (+ diffusers VAE) → params-only Orbax checkpoint.
+"""janusflow-convert: official JanusFlow / Janus weights (+ diffusers VAE) → params-only Orbax checkpoint.
 
     janusflow-convert MODEL_DIR [--vae VAE_DIR] --out OUT_DIR [--dtype bfloat16|float32] [--overwrite]
     janusflow-convert CHECKPOINT --out OUT_DIR --dtype bfloat16     (re-save a janusflow-jax checkpoint)
 
-No torch, no pickles: tensors are read one at a time from .safetensors and mapped through the
-declarative table in janusflow_jax.weights. OUT_DIR appears only when complete.
+No torch, nothing executed: single or sharded safetensors and torch pickles (`pytorch_model.bin`,
+sharded with an index; read by an allow-list unpickler) are read one tensor at a time, mapped
+through the declarative tables of janusflow_jax.weights and streamed into the Orbax arrays (peak
+memory well under the checkpoint's size). OUT_DIR appears only when complete.
 """
 
 from __future__ import annotations
