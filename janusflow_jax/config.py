@@ -388,17 +388,7 @@ class JanusFlowConfig:
             vision.update(
                 model_name=f"siglip_custom_patch{sig.patch_size}_{sig.image_size}",
                 select_layer=-1,
-                siglip_vit_cfg={
-                    "image_size": sig.image_size,
-                    "patch_size": sig.patch_size,
-                    "width": sig.width,
-                    "layers": sig.depth,
-                    "heads": sig.num_heads,
-                    "mlp_ratio": sig.mlp_dim / sig.width,
-                    "global_pool": "map",
-                    "use_checkpoint": False,
-                    **({"layer_norm_eps": sig.layer_norm_eps} if sig.layer_norm_eps != 1e-6 else {}),
-                },
+                siglip_vit_cfg=siglip_official_json(sig),
             )
         if sig.pixel_mean is not None:
             vision.update(pixel_mean=list(sig.pixel_mean), pixel_std=list(sig.pixel_std))
@@ -588,6 +578,21 @@ def parse_llama(lc: Any, where: str = "config.json language_config") -> LlamaCon
         if isinstance(e, ConfigError):
             raise ConfigError(f"{where}: {e}") from None
         raise ConfigError(f"{where}: {e}") from None
+
+
+def siglip_official_json(sig: SiglipConfig) -> dict:
+    """The official `siglip_vit_cfg` of a SigLIP config (what `parse_siglip` reads back)."""
+    return {
+        "image_size": sig.image_size,
+        "patch_size": sig.patch_size,
+        "width": sig.width,
+        "layers": sig.depth,
+        "heads": sig.num_heads,
+        "mlp_ratio": sig.mlp_dim / sig.width,
+        "global_pool": "map",
+        "use_checkpoint": False,
+        **({"layer_norm_eps": sig.layer_norm_eps} if sig.layer_norm_eps != 1e-6 else {}),
+    }
 
 
 def parse_siglip(up: dict, where: str) -> SiglipConfig:

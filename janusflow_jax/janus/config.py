@@ -25,6 +25,7 @@ from janusflow_jax.config import (
     llama_official_json,
     parse_llama,
     parse_shared,
+    siglip_official_json,
 )
 
 __all__ = [
@@ -167,17 +168,7 @@ class JanusConfig:
                     "model_name": "siglip_large_patch16_384",
                     "select_feature": "same",
                     "select_layer": -1,
-                    "siglip_vit_cfg": {
-                        "image_size": sig.image_size,
-                        "patch_size": sig.patch_size,
-                        "width": sig.width,
-                        "layers": sig.depth,
-                        "heads": sig.num_heads,
-                        "mlp_ratio": sig.mlp_dim / sig.width,
-                        "global_pool": "map",
-                        "use_checkpoint": False,
-                        **({"layer_norm_eps": sig.layer_norm_eps} if sig.layer_norm_eps != 1e-6 else {}),
-                    },
+                    "siglip_vit_cfg": siglip_official_json(sig),
                     **(
                         {"pixel_mean": list(sig.pixel_mean), "pixel_std": list(sig.pixel_std)} if sig.pixel_mean else {}
                     ),
