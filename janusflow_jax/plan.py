@@ -471,6 +471,9 @@ class Plan:
     collectives: dict = dataclasses.field(default_factory=dict)
     hlo_flops: float = 0.0  # per step, all devices (cost analysis × devices)
     hlo_bytes: float = 0.0  # per device
+    # per device: HBM traffic the program cannot avoid that the cost analysis misses — it counts a
+    # while loop's body once, so a decode loop that reads every weight each step looks compute-bound
+    min_hbm_bytes: float = 0.0
     cost_src: str = ""
     model_flops: float = 0.0  # analytic (flops.py), per step
     compile_s: float = 0.0
@@ -487,7 +490,7 @@ class Plan:
         peak = t.bf16_tflops * 1e12
         # the compiled count can miss library calls (cuBLAS GEMMs on GPU): never below the model's
         compute = max(self.hlo_flops, self.model_flops) / n / peak
-        hbm = self.hlo_bytes / (t.hbm_gbs * 1e9)
+        hbm = max(self.hlo_bytes, self.min_hbm_bytes) / (t.hbm_gbs * 1e9)
         ici = sum(c["traffic"] for c in self.collectives.values()) / (t.ici_gbs * 1e9)
         # compute and HBM traffic overlap (fused kernels); collectives are counted as not overlapped
         step = max(compute, hbm) + ici
@@ -821,6 +824,7 @@ def sample_plan(
                                                 solver=solver, pad_id=0, progress=False)  # fmt: skip
 
         known = {"params": _sds_bytes(params) + _sds_bytes(vparams), "batch": _sds_bytes([ids, ids, z0])}
+        llm_passes = evals + 1  # the prompt, then every velocity evaluation reads the LLM's weights
     elif family == "janus":
         from janusflow_jax.janus import model as JM
         from janusflow_jax.sampling.decode import Sampler
@@ -844,9 +848,13 @@ def sample_plan(
                 return JM._generate_images.lower(gd, params, ids, ids, None, None, keys, f32, f32, f32, opts=opts)
 
         known = {"params": _sds_bytes(params), "batch": _sds_bytes([ids, ids])}
+        llm_passes = n  # the prompt, then one decode step per code after the first
     else:
         raise PlanError(f"unknown family {family!r}")
-    return compile_plan(f"sample {family}", target, jmesh, lower, known, settings, mflops)
+    p = compile_plan(f"sample {family}", target, jmesh, lower, known, settings, mflops)
+    # every LLM pass reads this device's shard of the weights (a lower bound: KV and activations not counted)
+    p.min_hbm_bytes = float(known["params"]) * llm_passes
+    return p
 
 
 def sample_plan_max_batch(family, cfg, vae_cfg, target, *, start: int = 1, limit: int = 1024, log=lambda m: None,
@@ -925,7 +933,9 @@ def report(p: Plan) -> str:
         tm = p.times()
         lines.append(
             f"roofline ESTIMATE per step: compute {tm['compute'] * 1e3:.1f} ms, HBM {tm['hbm'] * 1e3:.1f} ms "
-            f"({p.hlo_bytes / 1e9:.1f} GB accessed per device), collectives {tm['ici'] * 1e3:.1f} ms → "
+            f"({max(p.hlo_bytes, p.min_hbm_bytes) / 1e9:.1f} GB per device"
+            f"{', the weights read once per LLM pass' if p.min_hbm_bytes > p.hlo_bytes else ' accessed'}), "
+            f"collectives {tm['ici'] * 1e3:.1f} ms → "
             f"step ≈ max(compute, HBM) + collectives = {tm['step'] * 1e3:.1f} ms "
             f"(≥ {tm['overlapped'] * 1e3:.1f} ms with every collective hidden); "
             f"estimated MFU {100 * p.mfu:.1f}% (model FLOPs / (chips × peak × step))"
