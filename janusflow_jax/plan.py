@@ -257,10 +257,7 @@ def train_architecture(m) -> tuple:
     else:
         raise PlanError("no architecture: give model.preset=janusflow-1.3b, model.config or model.init_from")
     if family != "janusflow":
-        raise PlanError(
-            f"model {m.preset or m.init_from}: a Janus model; Janus training (the `janus` task) does not exist yet — "
-            "plan its sampling with `janusflow-sample generate --plan`"
-        )
+        raise PlanError(f"model {m.preset or m.init_from}: a Janus model; train it with task: janus")
     if m.vae_config:
         vae = C.VaeConfig.from_diffusers(C.read_json(m.vae_config))
     elif m.vae_from:
@@ -600,29 +597,6 @@ def rows_per_device(mix, shards: int, accum: int = 1, batch: int | None = None) 
     return {k: -(-v // accum) * accum for k, v in out.items()}
 
 
-def abstract_batch(model_cfg, vae_cfg, d, rows: dict[str, int], mesh) -> dict:
-    """ShapeDtypeStructs of one global batch in the loader's layout (data/pipeline.py), sharded."""
-    from janusflow_jax.training.trainer import batch_shardings
-
-    S = jax.ShapeDtypeStruct
-    s, su = model_cfg.gen_image_size, model_cfg.siglip.image_size
-    i32, f32 = jnp.int32, jnp.float32
-    b = {}
-    if rows.get("gen"):
-        g = rows["gen"]
-        b["gen"] = {"prompt_ids": S((g, d.gen_prompt_len), i32), "prompt_mask": S((g, d.gen_prompt_len), i32),
-                    "image": S((g, s, s, 3), jnp.uint8)}  # fmt: skip
-    if rows.get("und"):
-        u, L = rows["und"], d.und_len
-        b["und"] = {"ids": S((u, L), i32), "mask": S((u, L), i32), "loss_mask": S((u, L), f32),
-                    "pixel_values": S((u, su, su, 3), f32), "images_seq_mask": S((u, L), jnp.bool_)}  # fmt: skip
-    if rows.get("text"):
-        t, L = rows["text"], d.text_len
-        b["text"] = {"ids": S((t, L), i32), "mask": S((t, L), i32), "loss_mask": S((t, L), f32)}
-    sh = batch_shardings(b, mesh)
-    return jax.tree.map(lambda x, h: S(x.shape, x.dtype, sharding=h), b, sh)
-
-
 def train_plan(
     cfg,
     target: Target | str,
@@ -631,27 +605,13 @@ def train_plan(
     remat: str | None = None,
     batch_per_device: int | None = None,
 ) -> Plan:
-    """Compile the real train step of TrainConfig `cfg` for `target` (mesh / remat / per-device
-    batch default to the config's)."""
-    from flax import nnx
-
+    """Compile the real train step of TrainConfig `cfg` (any task) for `target` (mesh / remat /
+    per-device batch default to the config's)."""
+    from janusflow_jax.training.build import batch_shardings, build, jit_step
     from janusflow_jax.sharding import use_mesh
-    from janusflow_jax.training import objective
-    from janusflow_jax.training import state as state_lib
-    from janusflow_jax.training.step import StepStatics, train_step
-    from janusflow_jax.training.trainer import jit_step, model_flops_per_step, train_layout
 
     target = get_target(target) if isinstance(target, str) else target
-    if cfg.stage == "vae":
-        raise PlanError("stage vae: plan the JanusFlow stages (1, 2, 3)")
-    m = cfg.model
-    remat = remat or m.remat
-    base, vae_cfg = train_architecture(m)
-    model_cfg = base.with_dtype(m.dtype, param_dtype="float32").with_remat(remat, m.scan_layers)
-    vae_cfg = dataclasses.replace(vae_cfg, dtype="float32", param_dtype="float32")
-    ocfg = dataclasses.replace(cfg.loss, und_image_size=model_cfg.siglip.image_size)
-    if ocfg.repa_weight > 0 and not 1 <= ocfg.repa_layer <= model_cfg.llm.num_hidden_layers:
-        raise PlanError(f"loss.repa_layer must be in 1..{model_cfg.llm.num_hidden_layers}")
+    remat = remat or cfg.model.remat
     mesh_shape = dict(mesh) if mesh is not None else dataclasses.asdict(cfg.mesh)
     jmesh = target_mesh(target, mesh_shape)
     shards = jmesh.shape["data"] * jmesh.shape["fsdp"]
@@ -662,36 +622,34 @@ def train_plan(
     given = {k: getattr(cfg.data.mix, k) for k in rows}
     if batch_per_device is None and rows != given:
         notes.append(f"data.mix {given} is not divisible by {shards} batch shards: planned with {rows} (rounded up)")
-    with use_mesh(jmesh):
-        abstract = nnx.eval_shape(lambda: objective.TrainModules(model_cfg, vae_cfg, ocfg, rngs=nnx.Rngs(0)))
-    graphdef, _ = nnx.split(abstract, nnx.Param)
-    p_shard = state_lib.param_shardings(abstract, jmesh)
-    # outside the mesh context: the PRNG key of the state is made concretely, on the CPU
-    lay = train_layout(abstract, p_shard, cfg.stage, cfg.optim, cfg.run.seed, jmesh)
-    batch = abstract_batch(model_cfg, vae_cfg, cfg.data, rows, jmesh)
-    side = model_cfg.latent_size(vae_cfg)
-    statics = StepStatics(ocfg, (side, side, vae_cfg.latent_channels), model_cfg.num_gen_tokens(vae_cfg), accum,
-                          cfg.optim.ema_decay)  # fmt: skip
-    step = jit_step(functools.partial(train_step, graphdef, lay.tx, lay.labels, statics), lay.state_shardings,
-                    jax.tree.map(lambda x: x.sharding, batch), jmesh)  # fmt: skip
-    st = lay.abstract_state
-    known = {"params": _sds_bytes(st["params"]), "opt_state": _sds_bytes(st["opt_state"]),
-             "ema": _sds_bytes(st["ema"]), "batch": _sds_bytes(batch)}  # fmt: skip
     data_cfg = dataclasses.replace(
         cfg.data, mix=dataclasses.replace(cfg.data.mix, **{k: rows.get(k, 0) for k in ("gen", "und", "text")})
     )
-    mflops = model_flops_per_step(model_cfg, side, ocfg, data_cfg)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, remat=remat), data=data_cfg)
+    try:
+        built = build(cfg, jmesh, weights=False)  # architectures only: no weights are read
+    except ValueError as e:
+        raise PlanError(str(e)) from None
+    lay = built.layout
+    b = built.task.abstract_batch(data_cfg, rows)
+    batch = jax.tree.map(lambda x, h: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=h), b, batch_shardings(b, jmesh))
+    step = jit_step(built.step_fn, lay.state_shardings, jax.tree.map(lambda x: x.sharding, batch), jmesh)
+    st = lay.abstract_state
+    known = {"params": _sds_bytes(st["params"]), "opt_state": _sds_bytes(st["opt_state"]),
+             "ema": _sds_bytes(st["ema"]), "batch": _sds_bytes(batch)}  # fmt: skip
+    mflops = built.flops_per_step()
 
     def lower():
         with use_mesh(jmesh):
             return step.lower(st, batch)
 
-    settings = {"stage": cfg.stage, "remat": remat, "dtype": m.dtype, "rows_per_device": rows_dev,
-                "batch_per_device": sum(rows_dev.values()), "global_batch": sum(rows.values()),
-                "grad_accum": accum, "params": lay.n_all, "trainable": lay.n_train,
-                "seq": {"gen": cfg.data.gen_prompt_len + model_cfg.num_gen_tokens(vae_cfg),
-                        "und": cfg.data.und_len, "text": cfg.data.text_len}}  # fmt: skip
-    p = compile_plan(f"train stage {cfg.stage}", target, jmesh, lower, known, settings, mflops)
+    n_img = getattr(built.task, "num_gen_tokens", 0)
+    settings = {"task": cfg.task, "stage": cfg.stage, "remat": remat, "dtype": cfg.model.dtype,
+                "rows_per_device": rows_dev, "batch_per_device": sum(rows_dev.values()),
+                "global_batch": sum(rows.values()), "grad_accum": accum, "params": lay.n_all,
+                "trainable": lay.n_train,
+                "seq": {"gen": cfg.data.gen_prompt_len + n_img, "und": cfg.data.und_len, "text": cfg.data.text_len}}  # fmt: skip
+    p = compile_plan(f"train {cfg.task} stage {cfg.stage}", target, jmesh, lower, known, settings, mflops)
     p.notes += notes
     return p
 
@@ -728,8 +686,10 @@ def train_plan_search(
     not fit (memory grows with the batch)."""
     target = get_target(target) if isinstance(target, str) else target
     if meshes is None:
-        base, _ = train_architecture(cfg.model)
-        meshes = candidate_meshes(target.chips, base.llm.num_attention_heads)
+        from janusflow_jax.training.tasks import janus
+
+        arch = janus.architecture(cfg.model) if cfg.task == "janus" else train_architecture(cfg.model)[0]
+        meshes = candidate_meshes(target.chips, arch.llm.num_attention_heads)
     kinds = sum(1 for k in ("gen", "und", "text") if getattr(cfg.data.mix, k) > 0)
     t_start = time.perf_counter()
     plans: list[Plan] = []

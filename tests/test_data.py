@@ -193,12 +193,12 @@ def test_train_config_data_kinds_are_the_builders_plus_shapes_and_tfds():
     from janusflow_jax.training.data_sources import SOURCE_KINDS
     from janusflow_jax.training.state import TrainConfigError
 
-    assert set(SOURCE_KINDS) == set(BUILDERS) | {"shapes", "tfds"}
+    assert set(SOURCE_KINDS) == set(BUILDERS) | {"shapes", "geneval", "tfds"}
     base = ["model.init_from=default", "data.mix.gen=2", "data.mix.und=0", "data.mix.text=0"]
     for kind in SOURCE_KINDS:
         assert load_config(None, base + [f"data.gen.kind={kind}"]).data.gen.kind == kind
     with pytest.raises(
-        TrainConfigError, match=r"data.gen.kind: unknown kind 'caption_folder'; one of \['image_caption'"
+        TrainConfigError, match=r"data.gen.kind: unknown kind 'caption_folder'; one of \['geneval', 'image_caption'"
     ):
         load_config(None, base + ["data.gen.kind=caption_folder"])
 
@@ -343,7 +343,7 @@ def test_read_time_skips(proc):
     recs = _gen_records(8)
     recs[1]["image"] = b"\x89PNG corrupt"
     recs[3]["caption"] = "  "
-    recs[5]["caption"] = "a caption far too long for the prompt budget " * 2
+    del recs[5]["image"]
     loader = _loader(proc, MixSpec(gen=8, und=0, text=0), gen=recs, seed=1)
     batches, warned = _caught(lambda: _take(loader, 3))
     assert len(warned) == 1 and "gen" in str(warned[0].message)
@@ -382,3 +382,114 @@ def test_loader_reads_tfds_sources(proc, tmp_path):
     assert proc.decode(u["ids"][0][u["loss_mask"][0] == 1]).strip() == "red"
     assert sorted(proc.decode(x).lstrip() for x in batch["text"]["ids"]) == ["hello", "world"]
     assert loader.skipped == {"gen": 0, "und": 0, "text": 0}
+
+
+# --- truncation of over-long records ---------------------------------------------------------------
+
+
+def _cut_warnings(warned, kind):
+    return [str(w.message) for w in warned if f"truncating over-long {kind}" in str(w.message)]
+
+
+def test_overlong_caption_is_truncated(proc):
+    caption = "a long caption about a red cube on a blue floor under a grey sky"
+    recs = [{"image": _png(_color(0)), "caption": caption, "id": "long.png"}]
+    template = len(proc.encode(proc.generation_prompt("x"))) - 1
+    assert len(proc.encode(proc.generation_prompt(caption))) > 32 > template + 1
+    loader = _loader(proc, MixSpec(gen=2, und=0, text=0), gen=recs, gen_prompt_len=32)
+    batches, warned = _caught(lambda: _take(loader, 3))
+    for batch in batches:
+        g = batch["gen"]
+        assert g["prompt_ids"].shape == (2, 32)
+        for ids, mask in zip(g["prompt_ids"], g["prompt_mask"]):
+            assert mask.sum() == 32 and ids[-1] == proc.image_start_id and ids[0] == proc.bos_id
+            kept = _caption(proc, ids, mask)
+            assert len(kept) >= 32 - template - 1 and caption.startswith(kept)  # the FIRST tokens survive
+            np.testing.assert_array_equal(ids, proc.encode(proc.generation_prompt(kept)))
+    assert loader.truncated == {"gen": 6, "und": 0, "text": 0} and loader.skipped["gen"] == 0
+    cuts = _cut_warnings(warned, "gen")
+    assert len(cuts) == 1 and len(warned) == 1  # one warning for the whole run, not one per row
+    assert "long.png (index 0)" in cuts[0] and f"to {len(kept)} tokens" in cuts[0] and "gen_prompt_len 32" in cuts[0]
+    state = json.loads(json.dumps(loader.get_state()))
+    assert state["truncated"]["gen"] == 6
+    resumed = _loader(proc, MixSpec(gen=2, und=0, text=0), gen=recs, gen_prompt_len=32)
+    resumed.set_state(state)
+    assert resumed.truncated["gen"] == 6 and resumed.get_state() == state
+    batch, warned = _caught(lambda: next(resumed))
+    _assert_batches_equal(batch, batches[0])
+    assert len(_cut_warnings(warned, "gen")) == 1 and resumed.truncated["gen"] == 8
+    legacy = {k: v for k, v in state.items() if k != "truncated"}  # a state written before truncation existed
+    resumed.set_state(legacy)
+    assert resumed.truncated == {"gen": 0, "und": 0, "text": 0}
+
+    # a short caption is untouched and not counted
+    short = _loader(proc, MixSpec(gen=1, und=0, text=0), gen=_gen_records(1), gen_prompt_len=32)
+    batch, warned = _caught(lambda: next(short))
+    assert not warned and short.truncated["gen"] == 0 and batch["gen"]["prompt_mask"].sum() == template + 2
+
+
+def test_overlong_question_is_truncated_answer_and_image_kept(proc):
+    question = "what colour is the large cube standing in the middle of the picture?"
+    rec = {"image": _png(_color(3)), "question": question, "answer": "ans 3", "id": "qa1"}
+    full = proc._expand(proc.encode(sft_prompt(proc.understanding_conversation(question))))
+    L = len(full) - 20
+    loader = _loader(proc, MixSpec(gen=0, und=1, text=0), und=[rec], und_len=L)
+    batch, warned = _caught(lambda: next(loader))
+    u = batch["und"]
+    ids, mask, loss, seq = u["ids"][0], u["mask"][0], u["loss_mask"][0], u["images_seq_mask"][0]
+    assert ids.shape == (L,) and mask.sum() == L and ids[-1] == proc.eos_id
+    assert proc.decode(ids[loss == 1]).strip() == "ans 3" and ids[loss == 1][-1] == proc.eos_id
+    assert seq.sum() == 1 + proc.num_image_tokens and (ids[seq][1:] == proc.image_id).all()
+    assert ids[np.argmax(seq)] == proc.image_start_id
+    text = proc.tokenizer.decode(ids[: int(np.argmax(loss))].tolist(), skip_special_tokens=True)
+    kept = text.split("User:")[1].split("\n\nAssistant:")[0].strip()
+    assert kept and question.startswith(kept) and len(kept) < len(question)
+    conv = proc.understanding_conversation(kept)
+    want = proc._expand(proc.encode(sft_prompt([conv[0], {"role": conv[1]["role"], "content": "ans 3"}])))
+    np.testing.assert_array_equal(ids, want)  # the official conversation of the shortened question
+    assert loader.truncated == {"gen": 0, "und": 1, "text": 0} and loader.skipped["und"] == 0
+    cuts = _cut_warnings(warned, "und")
+    assert len(cuts) == 1 and "qa1 (index 0)" in cuts[0] and "question cut" in cuts[0]
+
+
+def test_overlong_text_is_truncated(proc):
+    doc = " ".join(f"word{i}" for i in range(30))
+    loader = _loader(proc, MixSpec(gen=0, und=0, text=1), text=[{"text": doc}], text_len=24)
+    batch, warned = _caught(lambda: next(loader))
+    t = batch["text"]
+    np.testing.assert_array_equal(t["ids"][0], proc.encode(doc)[:24])  # BOS + the first 23 tokens, no EOS
+    assert proc.eos_id not in t["ids"][0] and t["mask"][0].sum() == 24
+    np.testing.assert_array_equal(t["loss_mask"][0], np.r_[0.0, np.ones(23)])
+    assert proc.decode(t["ids"][0]) == doc[:23]
+    assert loader.truncated == {"gen": 0, "und": 0, "text": 1}
+    assert len(_cut_warnings(warned, "text")) == 1 and "text_len 24" in _cut_warnings(warned, "text")[0]
+
+
+def test_records_that_cannot_fit_are_still_skipped(proc):
+    template = len(proc.encode(proc.generation_prompt("x"))) - 1  # BOS, template, image start tag
+    recs = [{"image": _png(_color(0)), "caption": "far too long", "id": "a"}]
+    with pytest.raises(DataError, match="no usable gen record.*even with 1 caption token"):
+        next(_loader(proc, MixSpec(gen=1, und=0, text=0), gen=recs, gen_prompt_len=template))
+    batch, warned = _caught(lambda: next(_loader(proc, MixSpec(gen=1, und=0, text=0), gen=recs,
+                                                 gen_prompt_len=template + 1)))  # fmt: skip
+    assert "caption cut from 12 to 1 tokens" in _cut_warnings(warned, "gen")[0]
+    assert proc.tokenizer.decode(batch["gen"]["prompt_ids"][0].tolist(), skip_special_tokens=True).endswith(
+        "User: f\n\nAssistant:"
+    )
+
+    # und: the answer + image + template do not fit -> skipped (the next good record substitutes)
+    base = len(proc._expand(proc.encode(sft_prompt(proc.understanding_conversation("q")))))
+    long_answer = "an answer that is much longer than the room left"
+    und = [
+        {"image": _png(_color(1)), "question": "q1", "answer": long_answer, "id": "toolong"},
+        {"image": _png(_color(2)), "question": "q2", "answer": "ok"},
+    ]
+    L = base + 8
+    loader = _loader(proc, MixSpec(gen=0, und=2, text=0), und=und, und_len=L)
+    batch, warned = _caught(lambda: next(loader))
+    u = batch["und"]
+    assert [proc.decode(ids[lm == 1]).strip() for ids, lm in zip(u["ids"], u["loss_mask"])] == ["ok", "ok"]
+    assert loader.skipped["und"] == 1 and loader.truncated["und"] == 0
+    msgs = [str(w.message) for w in warned]
+    assert len(msgs) == 1 and "skipping bad und" in msgs[0] and "toolong (index 0)" in msgs[0]
+    assert f"und_len {L} even with 1 question token" in msgs[0]

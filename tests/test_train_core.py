@@ -1,5 +1,6 @@
-"""Training core: each loss against NumPy, the training forward against the (parity-tested) sampler,
-REPA's stop-gradient, stage freezing, gradient accumulation and sharded steps."""
+"""Training core (the janusflow and vae tasks): each loss against NumPy, the training forward against the
+(parity-tested) sampler, REPA's stop-gradient, stage freezing, gradient accumulation and sharded steps,
+all through `training.build` (what the loop runs)."""
 
 import functools
 
@@ -10,11 +11,12 @@ import pytest
 from conftest import TINY_DIR, rel_err
 from flax import nnx
 
-from janusflow_jax import config as config_lib
 from janusflow_jax.sampling import image as image_sampling
 from janusflow_jax.sharding import make_mesh, use_mesh
-from janusflow_jax.training import losses, objective, state as S
-from janusflow_jax.training.step import StepStatics, train_step
+from janusflow_jax.training import losses, state as S
+from janusflow_jax.training.build import build
+from janusflow_jax.training.config import load_config
+from janusflow_jax.training.tasks import janusflow as jf_task
 
 # --- the losses on hand-made inputs --------------------------------------------------------------
 
@@ -99,20 +101,25 @@ def test_drop_condition_keeps_only_bos():
 # --- the training forward on the tiny fixture model ---------------------------------------------
 
 
+def _cfg(stage="2", *, accum=1, ema=None, lr=1e-3, eps=1e-8, repa_layer=1, scan_layers=True, **extra):
+    """A janusflow-task TrainConfig on the tiny fixture architecture (random weights: build(weights=False))."""
+    ov = [f"stage={stage}", f"model.config={TINY_DIR / 'config.json'}", f"model.vae_from={TINY_DIR / 'vae'}",
+          f"model.scan_layers={str(scan_layers).lower()}", f"loss.repa.layer={repa_layer}", "loss.repa.hidden=32",
+          f"optim.lr={lr}", f"optim.eps={eps}", f"optim.grad_accum={accum}",
+          f"optim.ema_decay={'null' if ema is None else ema}", "data.mix.gen=4", "data.gen.kind=shapes"]  # fmt: skip
+    return load_config(None, ov + [f"{k}={v}" for k, v in extra.items()])
+
+
+def _build(stage="2", mesh=None, **kw):
+    return build(_cfg(stage, **kw), mesh or make_mesh(), weights=False)
+
+
 @functools.cache
-def _tiny(repa_layer=1):
+def _tiny():
     """The fixture-size training modules, randomly initialised (once per process: the tests only
     read these arrays; nothing here donates them). What trains is decided by each test's labels."""
-    cfg = config_lib.load_official_config(str(TINY_DIR))
-    vcfg = config_lib.load_vae_config(str(TINY_DIR / "vae"))
-    ocfg = objective.ObjectiveConfig(repa_layer=repa_layer, repa_hidden=32, und_image_size=cfg.siglip.image_size)
-    with use_mesh(make_mesh()):
-        abstract = nnx.eval_shape(lambda: objective.TrainModules(cfg, vcfg, ocfg, rngs=nnx.Rngs(0)))
-        gd, _ = nnx.split(abstract, nnx.Param)
-        params = jax.jit(
-            lambda: nnx.to_pure_dict(nnx.split(objective.TrainModules(cfg, vcfg, ocfg, rngs=nnx.Rngs(0)), nnx.Param)[1])
-        )()
-    return cfg, vcfg, ocfg, gd, params
+    b = _build()
+    return b.task.model_cfg, b.task.vae_cfg, b.graphdef, b.init_params()
 
 
 def _batch(cfg, rng, gen=4, und=2, text=2):
@@ -149,7 +156,8 @@ def test_training_velocity_equals_sampler_rows(tiny_model):
     """A kept caption gives the sampler's conditional velocity, a dropped one its unconditional row."""
     m = tiny_model
     cfg, vcfg = m.cfg, m.vae_cfg
-    ocfg = objective.ObjectiveConfig(repa_weight=0.0, und_image_size=cfg.siglip.image_size)
+    b = _build(**{"loss.repa.weight": 0.0})
+    obj = b.task.objective()
     rng = np.random.default_rng(3)
     ids = rng.integers(1, 200, (2, 7)).astype(np.int32)
     mask = np.ones((2, 7), np.int32)
@@ -162,14 +170,12 @@ def test_training_velocity_equals_sampler_rows(tiny_model):
         "eps": None,
         "drop": jnp.asarray([False, True]),
     }
-    with use_mesh(make_mesh()):
-        mods = nnx.eval_shape(lambda: objective.TrainModules(cfg, vcfg, ocfg, rngs=nnx.Rngs(0)))
-    gd, st = nnx.split(mods, nnx.Param)
+    gd, st = nnx.split(b.abstract, nnx.Param)
     nnx.replace_by_pure_dict(st, {"janusflow": nnx.to_pure_dict(m.params), "vae": nnx.to_pure_dict(m.vae_params)})
     model = nnx.merge(gd, st)
     gen = {"prompt_ids": jnp.asarray(ids), "prompt_mask": jnp.asarray(mask), "image": jnp.asarray(img)}
-    v, _, _, _ = objective.gen_forward(model, gen, d, ocfg, capture=False)
-    x = objective.encode_latents(model.vae, jnp.asarray(img), None)
+    v, _, _, _ = jf_task.gen_forward(model, gen, d, obj, capture=False)
+    x = jf_task.encode_latents(model.vae, jnp.asarray(img), None)
     zt, _ = losses.rf_pair(x, d["z0"], d["t"])
     n = cfg.num_gen_tokens(vcfg)
     cb = image_sampling.cfg_batch(ids, mask, n, pad_id=m.pad_id)
@@ -184,23 +190,20 @@ def test_training_velocity_equals_sampler_rows(tiny_model):
     assert np.abs(np.asarray(both[1]) - np.asarray(both[3])).max() > 1e-4  # dropping matters
 
 
-def _step_fn(gd, params, stage, ocfg, cfg, vcfg, *, accum=1, ema=None, lr=1e-3, eps=1e-8):
-    labels = S.labels_for(params, stage)
-    tx = S.make_optimizer(S.OptimConfig(lr=lr, eps=eps, ema_decay=ema, grad_accum=accum), labels)
-    side = cfg.latent_size(vcfg)
-    statics = StepStatics(ocfg, (side, side, vcfg.latent_channels), cfg.num_gen_tokens(vcfg), accum, ema)
-    return labels, tx, functools.partial(train_step, gd, tx, labels, statics)
+def _step(stage, **kw):
+    b = _build(stage, **kw)
+    return b.labels, b.layout.tx, b.step_fn
 
 
 def test_repa_gradient_does_not_reach_siglip():
-    cfg, vcfg, ocfg, gd, params = _tiny()
+    cfg, vcfg, gd, params = _tiny()
     batch = _batch(cfg, np.random.default_rng(4), und=0, text=0)
     batch = {"gen": batch["gen"]}
-    side = cfg.latent_size(vcfg)
-    d = objective.draw(jax.random.key(0), batch, (side, side, 4), ocfg)
+    obj = _build().task.objective()
+    d = obj.draw(jax.random.key(0), batch)
 
     def repa_only(p):
-        return objective.loss_sums(nnx.merge(gd, p), batch, d, ocfg)["repa"]
+        return obj.loss_sums(nnx.merge(gd, p), batch, d)["repa"]
 
     g = jax.jit(jax.grad(repa_only))(params)
     sig = jax.tree.leaves(g["janusflow"]["vision_und_enc_model"])
@@ -215,8 +218,8 @@ def _leaves_equal(a, b) -> bool:
 
 
 def test_stage1_freezes_llm_and_siglip_without_optimizer_state():
-    cfg, vcfg, ocfg, gd, params = _tiny()
-    labels, tx, step = _step_fn(gd, params, "1", ocfg, cfg, vcfg, ema=0.9)
+    cfg, vcfg, gd, params = _tiny()
+    labels, tx, step = _step("1", ema=0.9)
     st = S.init_state(params, tx, labels, jax.random.key(0), ema=True)
     before = jax.tree.map(np.asarray, params)
     st2, m = jax.jit(step)(st, _batch(cfg, np.random.default_rng(5)))
@@ -237,14 +240,14 @@ def test_stage1_freezes_llm_and_siglip_without_optimizer_state():
 
 
 def test_gradient_accumulation_matches_one_batch():
-    cfg, vcfg, ocfg, gd, params = _tiny()
+    cfg, vcfg, gd, params = _tiny()
     batch = _batch(cfg, np.random.default_rng(6))
     outs = []
     for accum in (1, 2):
         # Adam's first step is lr·g/(|g|+eps): with eps=1e-8 a gradient that is float noise (~1e-9, e.g.
         # unused embedding rows) maps to ±lr either way, so compare with an eps that keeps the update
         # a smooth function of the gradient; the gradients themselves are compared through grad_norm.
-        labels, tx, step = _step_fn(gd, params, "2", ocfg, cfg, vcfg, accum=accum, eps=1e-3)
+        labels, tx, step = _step("2", accum=accum, eps=1e-3)
         st = S.init_state(params, tx, labels, jax.random.key(0), ema=False)
         outs.append(jax.jit(step)(st, batch))
     (s1, m1), (s2, m2) = outs
@@ -262,32 +265,25 @@ def _unrolled_reference_step():
     collectives that do not depend on it, and simulated devices may take them in different orders,
     so with tensor > 1 (collectives inside the layer loop) the step can deadlock and abort on the
     rendezvous timeout (seen ~1 in 3 runs at -O0). Straight-line layers leave one order."""
-    cfg, vcfg, ocfg, _, params = _tiny()
-    cfg = cfg.with_remat("none", scan_layers=False)
-    with use_mesh(make_mesh()):
-        gd, _ = nnx.split(nnx.eval_shape(lambda: objective.TrainModules(cfg, vcfg, ocfg, rngs=nnx.Rngs(0))), nnx.Param)
+    cfg, _, _, params = _tiny()
     batch = _batch(cfg, np.random.default_rng(7), gen=8, und=8, text=8)
     # eps=1e-3 for the reason given in the accumulation test: with eps=1e-8 Adam's first update is
     # ~lr·sign(g), so float-noise gradients (reduction order differs across shardings) become ~lr-sized
     # differences; with a larger eps the update stays proportional to the gradient being compared.
-    labels, tx, step = _step_fn(gd, params, "3", ocfg, cfg, vcfg, ema=0.9, eps=1e-3)
-    st = S.init_state(params, tx, labels, jax.random.key(0), ema=True)
-    ref_state, ref_m = jax.jit(step)(jax.tree.map(jnp.copy, st), batch)
-    return cfg, vcfg, ocfg, params, batch, labels, tx, step, st, ref_state, ref_m
+    kw = dict(ema=0.9, eps=1e-3, scan_layers=False)
+    b = _build("3", **kw)
+    st = S.init_state(params, b.layout.tx, b.labels, jax.random.key(0), ema=True)
+    ref_state, ref_m = jax.jit(b.step_fn)(jax.tree.map(jnp.copy, st), batch)
+    return kw, params, batch, st, ref_state, ref_m
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", [{"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}, {"fsdp": 8}])
 def test_sharded_step_equals_single_device(shape):
-    cfg, vcfg, ocfg, params, batch, labels, tx, step, st, ref_state, ref_m = _unrolled_reference_step()
-
+    kw, params, batch, st, ref_state, ref_m = _unrolled_reference_step()
     mesh = make_mesh(shape)
-    with use_mesh(mesh):
-        mods = nnx.eval_shape(lambda: objective.TrainModules(cfg, vcfg, ocfg, rngs=nnx.Rngs(0)))
-    p_shard = S.param_shardings(mods, mesh)
-    abstract = jax.eval_shape(lambda p: S.init_state(p, tx, labels, jax.random.key(0), True), params)
-    shardings = S.state_shardings_for(abstract, p_shard, tx, mesh)
-    spec = {k: v for k, v in mesh.shape.items()}
+    b = _build("3", mesh, **kw)
+    shardings = b.layout.state_shardings
     q = shardings["params"]["janusflow"]["language_model"]["model"]["layers"]["self_attn"]["q_proj"].spec
     assert tuple(q) == (None, "fsdp", "tensor", None)
     mu = shardings["opt_state"].inner_states["train"].inner_state[1][0].mu
@@ -295,26 +291,22 @@ def test_sharded_step_equals_single_device(shape):
         mu["janusflow"]["vision_gen_enc_aligner"]["kernel"]
         == shardings["params"]["janusflow"]["vision_gen_enc_aligner"]["kernel"]
     )
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    bs = jax.tree.map(lambda x: NamedSharding(mesh, P(("data", "fsdp"))), batch)
+    mine = jax.tree.map(jnp.copy, st)  # the step donates its state (device_put may alias `st`'s buffers)
     with use_mesh(mesh):
-        placed = jax.device_put(st, shardings)
-        f = jax.jit(step, in_shardings=(shardings, bs), out_shardings=(shardings, NamedSharding(mesh, P())))
-        new_state, m = f(placed, jax.device_put(batch, bs))
+        f = b.jit(batch)
+        new_state, m = f(jax.device_put(mine, shardings), b.global_batch(batch))
     emb = new_state["params"]["janusflow"]["language_model"]["model"]["embed_tokens"]["embedding"]
     assert (
         emb.sharding.spec
         == shardings["params"]["janusflow"]["language_model"]["model"]["embed_tokens"]["embedding"].spec
     )
-    assert spec
     for k in ("loss", "rf", "repa", "und", "text"):
         assert float(m[k]) == pytest.approx(float(ref_m[k]), rel=2e-5, abs=1e-6), k
     for a, b in zip(jax.tree.leaves(ref_state["params"]), jax.tree.leaves(new_state["params"])):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=2e-6)
 
 
-# --- stage vae: the small-VAE training step -------------------------------------------------------
+# --- the vae task: the small-VAE training step ------------------------------------------------------
 
 
 class _StubVae:
@@ -327,14 +319,26 @@ class _StubVae:
         return jnp.concatenate([z, z[..., :1]], axis=-1)
 
 
+class _StubModules:
+    vae = _StubVae()
+
+
 def test_vae_losses_match_numpy():
-    from janusflow_jax.training import vae as V
+    from janusflow_jax.training.config import VaeLoss
+    from janusflow_jax.training.tasks.vae import VaeObjective
 
     rng = np.random.default_rng(8)
     x = rng.uniform(-1, 1, (2, 5, 6, 3)).astype(np.float32)
+    x = np.round((x + 1) * 127.5) / 127.5 - 1  # what uint8 images become
+    u8 = np.round((x + 1) * 127.5).astype(np.uint8)
     eps = rng.normal(size=(2, 5, 6, 2)).astype(np.float32)
-    st = V.VaeStatics(kl_weight=0.1, edge_weight=0.5)
-    got = {k: float(v) for k, v in V.vae_losses(_StubVae(), jnp.asarray(x), jnp.asarray(eps), st).items()}
+    obj = VaeObjective(VaeLoss(kl_weight=0.1, edge_weight=0.5), (5, 6, 2))
+    batch = {"gen": {"image": jnp.asarray(u8)}}
+    sums = obj.loss_sums(_StubModules(), batch, {"eps": jnp.asarray(eps)})
+    den = obj.counts(batch)
+    got = {k: float(v) for k, v in obj.metrics(sums, den).items()}
+    got["loss"] = float(obj.total(sums, den))
+    x = u8.astype(np.float32) / 127.5 - 1
     mean, logvar = 0.5 * x[..., :2], np.full(x.shape[:-1] + (2,), -1.0)
     z = mean + np.exp(0.5 * logvar) * eps
     rec = np.concatenate([z, z[..., :1]], axis=-1)
@@ -353,33 +357,22 @@ def test_vae_losses_match_numpy():
 @pytest.mark.slow
 def test_vae_step_sharded_equals_single_device():
     """The VAE step (convolutions sharded fsdp/tensor) on {data:2, fsdp:2, tensor:2} equals one device."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from janusflow_jax.nn.vae import AutoencoderKL
-    from janusflow_jax.training import vae as V
-
-    vcfg = config_lib.load_vae_config(str(TINY_DIR / "vae"))
-    with use_mesh(make_mesh()):
-        gd, params = nnx.split(AutoencoderKL(vcfg, rngs=nnx.Rngs(0)), nnx.Param)
-    params = nnx.to_pure_dict(params)
-    labels = S.labels_for(params, "vae")
-    tx = S.make_optimizer(S.OptimConfig(lr=1e-3, eps=1e-3), labels)
-    statics = V.VaeStatics(kl_weight=1e-3, edge_weight=0.5)
-    step = functools.partial(V.vae_train_step, gd, tx, statics)
-    s = vcfg.sample_size
+    ov = ["task=vae", f"model.vae_config={TINY_DIR / 'vae' / 'config.json'}", "optim.lr=1e-3", "optim.eps=1e-3",
+          "loss.vae.kl_weight=1e-3", "data.mix.gen=8", "data.gen.kind=shapes"]  # fmt: skip
+    cfg = load_config(None, ov)
+    b1 = build(cfg, make_mesh(), weights=False)
+    params = b1.init_params()
+    s = b1.task.gen_image_size
     batch = {"gen": {"image": np.random.default_rng(9).integers(0, 256, (8, s, s, 3)).astype(np.uint8)}}
-    st = S.init_state(params, tx, labels, jax.random.key(0), ema=False)
-    ref_state, ref_m = jax.jit(step)(jax.tree.map(jnp.copy, st), batch)
+    st = S.init_state(params, b1.layout.tx, b1.labels, jax.random.key(0), ema=False)
+    ref_state, ref_m = jax.jit(b1.step_fn)(jax.tree.map(jnp.copy, st), batch)
 
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    b = build(cfg, mesh, weights=False)
+    mine = jax.tree.map(jnp.copy, st)
     with use_mesh(mesh):
-        p_shard = S.param_shardings(nnx.eval_shape(lambda: AutoencoderKL(vcfg, rngs=nnx.Rngs(0))), mesh)
-    abstract = jax.eval_shape(lambda p: S.init_state(p, tx, labels, jax.random.key(0), False), params)
-    shardings = S.state_shardings_for(abstract, p_shard, tx, mesh)
-    bs = jax.tree.map(lambda x: NamedSharding(mesh, P(("data", "fsdp"))), batch)
-    with use_mesh(mesh):
-        f = jax.jit(step, in_shardings=(shardings, bs), out_shardings=(shardings, NamedSharding(mesh, P())))
-        new_state, m = f(jax.device_put(st, shardings), jax.device_put(batch, bs))
+        f = b.jit(batch)
+        new_state, m = f(jax.device_put(mine, b.layout.state_shardings), b.global_batch(batch))
     for k in ("loss", "l1", "l2", "edge", "kl", "grad_norm"):
         assert float(m[k]) == pytest.approx(float(ref_m[k]), rel=2e-5, abs=1e-6), k
     # float32 reduction order differs across shardings: compare each update to its own size

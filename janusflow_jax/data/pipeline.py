@@ -5,14 +5,25 @@ deterministic infinite stream: epochs of the source, epoch e a permutation of th
 (seed, kind, e) (Grain's index shuffle). The GLOBAL batch at step s takes the stream elements
 `[s·B, (s+1)·B)` of that kind (B = `mix.<kind>`); process p of P takes the contiguous slice
 `[s·B + p·B/P, s·B + (p+1)·B/P)`, so the P process batches concatenated in process order are the
-single-process batch. A bad record met at read time (undecodable image, empty text, a sequence over
-its length budget) is replaced by the next good record of the source in index order (index+1,
-index+2, … modulo its length) — a rule that depends only on the record, not on the process layout —
-and counted in `TrainLoader.skipped` (one `DataWarning` per kind).
+single-process batch. A bad record met at read time (undecodable image, empty text, a sequence that
+cannot fit its length budget even when truncated) is replaced by the next good record of the source
+in index order (index+1, index+2, … modulo its length) — a rule that depends only on the record, not
+on the process layout — and counted in `TrainLoader.skipped` (one `DataWarning` per kind).
+
+Over-long records are truncated, not skipped, and counted per delivered row in
+`TrainLoader.truncated` (one `DataWarning` per kind, naming the first such record):
+  gen:  the caption is cut (at a token boundary of its own tokenisation, re-tokenised inside the
+        template) to the longest prefix whose whole prompt (BOS, template, image start tag last)
+        fits `gen_prompt_len`;
+  und:  the question is cut the same way; the image slots and the whole answer + EOS always stay;
+  text: the tokens are cut to `text_len` (BOS + the first text_len - 1 tokens, no EOS: the
+        document does not end there).
+At least one token of the caption / question / text must survive; a record where even that does
+not fit (template + image + answer too long) stays bad.
 
 Everything is a pure function of (seed, position), so the checkpoint state is just the next stream
-position per kind (plus counters); `set_state` on any loader restores the exact position whatever
-was prefetched.
+position per kind (plus the skipped / truncated counters); `set_state` on any loader restores the
+exact position whatever was prefetched.
 
 Batch layout (numpy; a kind with 0 rows is absent; b = mix.<kind> // process_count):
   gen:  prompt_ids int32 [b, gen_prompt_len] (left-padded with pad_id; the tokenised
@@ -22,8 +33,8 @@ Batch layout (numpy; a kind with 0 rows is absent; b = mix.<kind> // process_cou
         " answer" tokens, EOS), mask int32, loss_mask float32 (answer tokens and EOS),
         pixel_values float32 [b, S, S, 3] (`processor.preprocess_image`), images_seq_mask bool
         (image start tag + num_image_tokens slots)
-  text: ids int32 [b, text_len] (right-padded: BOS text EOS), mask int32, loss_mask float32 (all
-        real tokens but BOS)
+  text: ids int32 [b, text_len] (right-padded: BOS text EOS; a truncated text has no EOS), mask
+        int32, loss_mask float32 (all real tokens but BOS)
 """
 
 from __future__ import annotations
@@ -51,7 +62,7 @@ class DataError(ValueError):
 
 
 class DataWarning(UserWarning):
-    """Bad records were skipped (build time or read time)."""
+    """Bad records were skipped (build time or read time), or over-long ones truncated (read time)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +138,29 @@ def resize_center_crop(image, size: int) -> np.ndarray:
     return np.ascontiguousarray(x[top : top + size, left : left + size])
 
 
+def _fit_prefix(text: str, tokenizer, build, limit: int) -> tuple[list[int], int, int] | None:
+    """The longest prefix of `text` whose token sequence `build(prefix)` has at most `limit` tokens.
+
+    `text` is cut after a token of its own tokenisation (at least one kept, trailing spaces dropped)
+    and the prefix re-tokenised through `build`, so the row is a real tokenisation of a shorter text.
+    Returns (ids, tokens kept, tokens in `text`), or None when not even one token fits."""
+    ends = [e for _, e in tokenizer.encode(text, add_special_tokens=False).offsets]
+    best = None
+    lo, hi = 1, len(ends) - 1
+    while lo <= hi:  # lengths grow with the prefix; each candidate's length is measured, not predicted
+        mid = (lo + hi) // 2
+        cut = text[: ends[mid - 1]].rstrip()
+        ids = build(cut) if cut else None
+        if ids is not None and len(ids) <= limit:
+            best, lo = (ids, mid), mid + 1
+        else:
+            hi = mid - 1
+    return None if best is None else (best[0], best[1], len(ends))
+
+
 class _Encoder:
-    """Record → fixed-shape arrays of one row, for each kind (raises _Bad for an unusable record)."""
+    """Record → fixed-shape arrays of one row, for each kind: `(row, note)` where `note` says how an
+    over-long record was truncated (None if it was not); raises _Bad for an unusable record."""
 
     def __init__(self, processor, *, gen_image_size: int, gen_prompt_len: int, und_len: int, text_len: int):
         self.p = processor
@@ -137,36 +169,61 @@ class _Encoder:
         self.und_len = und_len
         self.text_len = text_len
 
-    def gen(self, rec: dict) -> dict:
+    def gen(self, rec: dict) -> tuple[dict, str | None]:
         p = self.p
-        ids = p.encode(p.generation_prompt(_as_text(rec, "caption")))
+        caption = _as_text(rec, "caption")
         L = self.gen_prompt_len
+
+        def build(c: str) -> list[int]:
+            return p.encode(p.generation_prompt(c))
+
+        ids, note = build(caption), None
         if len(ids) > L:
-            raise _Bad(f"generation prompt of {len(ids)} tokens > gen_prompt_len {L}")
+            fit = _fit_prefix(caption, p.tokenizer, build, L)
+            if fit is None:
+                raise _Bad(f"generation prompt of {len(ids)} tokens > gen_prompt_len {L} even with 1 caption token")
+            ids, kept, total = fit
+            note = f"caption cut from {total} to {kept} tokens (prompt of {len(ids)} tokens, gen_prompt_len {L})"
+        if ids[-1] != p.image_start_id:
+            raise _Bad("the generation prompt does not end with the image start tag")
         prompt = np.full((L,), p.pad_id, np.int32)
         mask = np.zeros((L,), np.int32)
         prompt[L - len(ids) :] = ids
         mask[L - len(ids) :] = 1
-        return {
+        row = {
             "prompt_ids": prompt,
             "prompt_mask": mask,
             "image": resize_center_crop(_as_image(rec), self.gen_image_size),
         }
+        return row, note
 
-    def und(self, rec: dict) -> dict:
+    def und(self, rec: dict) -> tuple[dict, str | None]:
         p = self.p
         question, answer = _as_text(rec, "question"), _as_text(rec, "answer")
-        prompt = p._expand(p.encode(processing.sft_prompt(p.understanding_conversation(question))))
-        if prompt.count(p.image_start_id) != 1:
-            raise _Bad("the question holds an image tag")
         # The official template writes "Assistant: answer<eos>"; the prompt ends at "Assistant:".
         ans = p.tokenizer.encode(" " + answer, add_special_tokens=False).ids
         if any(t in (p.image_id, p.image_start_id, p.image_end_id) for t in ans):
             raise _Bad("the answer holds an image tag")
-        seq = prompt + ans + [p.eos_id]
-        L = self.und_len
-        if len(seq) > L:
-            raise _Bad(f"understanding sequence of {len(seq)} tokens > und_len {L}")
+
+        def prompt_of(q: str) -> list[int]:
+            return p._expand(p.encode(processing.sft_prompt(p.understanding_conversation(q))))
+
+        prompt = prompt_of(question)
+        if prompt.count(p.image_start_id) != 1:
+            raise _Bad("the question holds an image tag")
+        L, tail = self.und_len, ans + [p.eos_id]
+        note = None
+        if len(prompt) + len(tail) > L:
+            fit = _fit_prefix(question, p.tokenizer, lambda q: prompt_of(q) + tail, L)
+            if fit is None:
+                raise _Bad(
+                    f"understanding sequence of {len(prompt) + len(tail)} tokens > und_len {L} even with 1 "
+                    f"question token (image {p.num_image_tokens} + answer {len(tail)} tokens kept whole)"
+                )
+            seq, kept, total = fit
+            prompt = seq[: len(seq) - len(tail)]
+            note = f"question cut from {total} to {kept} tokens (sequence of {len(seq)} tokens, und_len {L})"
+        seq = prompt + tail
         ids = np.full((L,), p.pad_id, np.int32)
         ids[: len(seq)] = seq
         mask = np.zeros((L,), np.int32)
@@ -177,21 +234,26 @@ class _Encoder:
         start = prompt.index(p.image_start_id)
         seq_mask[start : start + 1 + p.num_image_tokens] = True
         pixels = p.preprocess_image(np.asarray(_as_image(rec), np.uint8)).astype(np.float32)
-        return {"ids": ids, "mask": mask, "loss_mask": loss, "pixel_values": pixels, "images_seq_mask": seq_mask}
+        row = {"ids": ids, "mask": mask, "loss_mask": loss, "pixel_values": pixels, "images_seq_mask": seq_mask}
+        return row, note
 
-    def text(self, rec: dict) -> dict:
+    def text(self, rec: dict) -> tuple[dict, str | None]:
         p = self.p
         seq = p.encode(_as_text(rec, "text")) + [p.eos_id]
         L = self.text_len
+        note = None
         if len(seq) > L:
-            raise _Bad(f"text of {len(seq)} tokens > text_len {L}")
+            if L < 2:
+                raise _Bad(f"text of {len(seq)} tokens > text_len {L} (no room for a text token)")
+            note = f"text cut from {len(seq)} to {L} tokens (no EOS; text_len {L})"
+            seq = seq[:L]  # BOS + the first L - 1 tokens: the document goes on, so no EOS
         ids = np.full((L,), p.pad_id, np.int32)
         ids[: len(seq)] = seq
         mask = np.zeros((L,), np.int32)
         mask[: len(seq)] = 1
         loss = mask.astype(np.float32)
         loss[0] = 0.0
-        return {"ids": ids, "mask": mask, "loss_mask": loss}
+        return {"ids": ids, "mask": mask, "loss_mask": loss}, note
 
 
 def _kind_seed(seed: int, kind: str) -> int:
@@ -215,6 +277,9 @@ class TrainLoader:
     `builders.build(...).as_data_source()["train"]`, or a plain list of dicts. Fields: gen
     {"image", "caption"}, und {"image", "question", "answer"}, text {"text"}; text may be bytes or
     str, an image encoded bytes, a uint8 HWC array or a PIL image.
+
+    Counters (per kind, rows delivered by this process; kept in the checkpoint state): `skipped` (bad
+    records replaced) and `truncated` (over-long records cut to their length budget).
     """
 
     def __init__(
@@ -276,8 +341,10 @@ class TrainLoader:
         self._slots = [(k, o) for k in self.kinds for o in range(self._local[k])]
         self._threads = max(0, int(num_threads))
         self._known_bad = {k: {} for k in self.kinds}  # source index → reason (a cache; results don't depend on it)
-        self._warned: set[str] = set()
-        self.skipped: dict[str, int] = {k: 0 for k in KINDS}
+        self._warned: set[str] = set()  # kinds already warned about: skips
+        self._warned_cut: set[str] = set()  # … and truncations
+        self.skipped: dict[str, int] = {k: 0 for k in KINDS}  # bad records replaced (per delivered row)
+        self.truncated: dict[str, int] = {k: 0 for k in KINDS}  # rows of over-long records truncated
         self._position = {k: 0 for k in self.kinds}  # next GLOBAL stream element per kind
         self._steps = 0  # batches delivered since the start (informational)
         self._it = None
@@ -285,7 +352,8 @@ class TrainLoader:
     # --- reading -----------------------------------------------------------------------------
 
     def _element(self, base: dict, e: int):
-        """Element e of this process's slot stream (from `base`): (kind, row arrays, skips, first reason)."""
+        """Element e of this process's slot stream (from `base`): (kind, row arrays, skips, first
+        reason, truncation note or None)."""
         s, r = divmod(e, len(self._slots))
         k, o = self._slots[r]
         g = base[k] + s * self._global[k] + self.process_index * self._local[k] + o
@@ -298,21 +366,25 @@ class TrainLoader:
             if reason is None:
                 rec = src[idx]
                 try:
-                    return k, self._encode[k](rec), skips, first
+                    row, note = self._encode[k](rec)
                 except _Bad as err:
                     reason = bad[idx] = f"{_record_id(rec, idx)}: {err}"
+                else:
+                    return k, row, skips, first, note and f"{_record_id(rec, idx)}: {note}"
             skips += 1
             first = first or reason
         raise DataError(f"no usable {k} record in the whole {k}_source ({n} records; e.g. {first})")
 
-    def _collate(self, elems: Sequence[tuple]) -> tuple[dict, dict, dict]:
-        batch, skips, first = {}, {}, {}
+    def _collate(self, elems: Sequence[tuple]) -> tuple[dict, dict, dict, dict, dict]:
+        batch, skips, first, cuts, first_cut = {}, {}, {}, {}, {}
         for k in self.kinds:
             rows = [el for el in elems if el[0] == k]  # slot order = row order
             batch[k] = {f: np.stack([r[1][f] for r in rows]) for f in rows[0][1]}
             skips[k] = sum(r[2] for r in rows)
             first[k] = next((r[3] for r in rows if r[3]), None)
-        return batch, skips, first
+            cuts[k] = sum(1 for r in rows if r[4])
+            first_cut[k] = next((r[4] for r in rows if r[4]), None)
+        return batch, skips, first, cuts, first_cut
 
     def _make_iter(self):
         n_slots = len(self._slots)
@@ -332,7 +404,7 @@ class TrainLoader:
     def __next__(self) -> dict:
         if self._it is None:
             self._it = self._make_iter()
-        batch, skips, first = next(self._it)
+        batch, skips, first, cuts, first_cut = next(self._it)
         for k in self.kinds:
             self._position[k] += self._global[k]
             if skips[k]:
@@ -342,6 +414,16 @@ class TrainLoader:
                     warnings.warn(
                         f"TrainLoader: skipping bad {k} records (substituting the next good one); "
                         f"first: {first[k]}; counts in TrainLoader.skipped",
+                        DataWarning,
+                        stacklevel=2,
+                    )
+            if cuts[k]:
+                self.truncated[k] += cuts[k]
+                if k not in self._warned_cut:
+                    self._warned_cut.add(k)
+                    warnings.warn(
+                        f"TrainLoader: truncating over-long {k} records to fit their length budget; "
+                        f"first: {first_cut[k]}; counts in TrainLoader.truncated",
                         DataWarning,
                         stacklevel=2,
                     )
@@ -364,6 +446,7 @@ class TrainLoader:
             "step": self._steps,
             "position": dict(self._position),
             "skipped": dict(self.skipped),
+            "truncated": dict(self.truncated),
         }
 
     def set_state(self, state: dict) -> None:
@@ -378,3 +461,4 @@ class TrainLoader:
         self._position = {k: int(pos.get(k, 0)) for k in self.kinds}
         self._steps = int(state.get("step", 0))
         self.skipped = {k: int(state.get("skipped", {}).get(k, 0)) for k in KINDS}
+        self.truncated = {k: int(state.get("truncated", {}).get(k, 0)) for k in KINDS}  # absent before truncation

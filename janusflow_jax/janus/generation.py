@@ -18,7 +18,17 @@ from janusflow_jax.nn.janus import Janus
 from janusflow_jax.nn.kv_cache import DecodeCache
 from janusflow_jax.sampling.decode import DecodeResult, Sampler, decode_loop, filter_logits
 
-__all__ = ["cfg_rows", "guided", "sample_codes", "teacher_forced_logits", "uint8_images"]
+__all__ = ["cfg_rows", "guided", "sample_codes", "teacher_forced_logits", "uint8_images", "unconditional_ids"]
+
+
+def unconditional_ids(ids, mask, pad_id: int):
+    """The unconditional form of left-padded prompts `[B, L]`: every token but BOS (the first real
+    token) and the final `<begin_of_image>` replaced by `pad_id`, left pads kept (the mask does not
+    change). What the sampler runs as the CFG partner row, and what training drops a prompt to."""
+    idx = jnp.arange(ids.shape[1])[None, :]
+    first = jnp.argmax(mask, axis=1)[:, None]
+    keep = (idx == first) | (idx == ids.shape[1] - 1) | (mask == 0)
+    return jnp.where(keep, ids, pad_id)
 
 
 def cfg_rows(prompt_ids, prompt_mask, pad_id: int, neg_ids=None, neg_mask=None):
@@ -27,10 +37,7 @@ def cfg_rows(prompt_ids, prompt_mask, pad_id: int, neg_ids=None, neg_mask=None):
     ids = jnp.asarray(prompt_ids, jnp.int32)
     mask = jnp.asarray(prompt_mask, jnp.int32)
     if neg_ids is None:
-        idx = jnp.arange(ids.shape[1])[None, :]
-        first = jnp.argmax(mask, axis=1)[:, None]  # BOS: the first real token of each row
-        keep = (idx == first) | (idx == ids.shape[1] - 1) | (mask == 0)  # BOS, the final BOI, left pads
-        un_ids, un_mask = jnp.where(keep, ids, pad_id), mask
+        un_ids, un_mask = unconditional_ids(ids, mask, pad_id), mask
     else:
         un_ids, un_mask = jnp.asarray(neg_ids, jnp.int32), jnp.asarray(neg_mask, jnp.int32)
     tokens = jnp.concatenate([ids, un_ids], 0)

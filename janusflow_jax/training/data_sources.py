@@ -10,12 +10,13 @@ from janusflow_jax.data import DataError, MixSpec, TrainLoader
 
 # data.<role>.kind → what data.<role>.path names. The first three are the local builders of
 # janusflow_jax.data.builders.BUILDERS (tests/test_data.py checks they agree), built into ArrayRecord
-# under data.data_dir; the last two are read by `_source` itself.
+# under data.data_dir; the last three are read by `_source` itself.
 SOURCE_KINDS = {
     "image_caption": "a folder of images + captions.jsonl / captions.tsv",
     "image_qa": "a JSONL file of {image, question, answer}",
     "text": "a .txt file (one document per line) or .jsonl of {text}",
     "shapes": "the synthetic shapes world (janusflow_jax.shapes); path unused",
+    "geneval": "the synthetic GenEval world (janusflow_jax.geneval); path unused",
     "tfds": "an already prepared TFDS dataset folder (…/<name>/<version>/)",
 }
 
@@ -36,6 +37,10 @@ def _source(src_cfg, role: str, data_dir: str, build: bool):
         from janusflow_jax.shapes import builder as shapes_builder
 
         b = shapes_builder.build(data_dir, config="captions" if role == "gen" else "qa", build=build)
+    elif kind == "geneval":
+        from janusflow_jax.geneval import builder as geneval_builder
+
+        b = geneval_builder.build(data_dir, config="captions" if role == "gen" else "qa", build=build)
     else:
         if build:
             b = builders.build(kind, src_cfg.path, data_dir)

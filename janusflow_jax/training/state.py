@@ -1,7 +1,7 @@
-"""Train state, the stage presets (which modules train), the optimizer and the sharded state layout.
+"""Train state, the trainable/frozen labels, the optimizer and the sharded state layout (any task).
 
 The state is a plain pytree (so Orbax saves it and `jax.jit` shards and donates it):
-  {"step": int32, "params": {"janusflow", "vae", "repa"?}, "opt_state": optax state,
+  {"step": int32, "params": {<the task's modules>}, "opt_state": optax state,
    "ema": {dotted path: array} of the trainable leaves (empty without EMA), "key": uint32 PRNG key data}
 Freezing is an `optax.partition`: frozen leaves go to `optax.set_to_zero()`, which keeps no state, and
 the step never computes their gradients.
@@ -21,25 +21,6 @@ from jax.sharding import PartitionSpec as P
 
 from janusflow_jax.sharding import state_shardings
 
-# top-level submodules of JanusFlow (official attribute names)
-SIGLIP = ("vision_und_enc_model",)
-LLM = ("language_model",)
-NEW_MODULES = (
-    "vision_und_enc_aligner",
-    "beg_of_und_embed",
-    "vision_gen_enc_model",
-    "vision_gen_enc_aligner",
-    "vision_gen_dec_model",
-    "vision_gen_dec_aligner_norm",
-    "vision_gen_dec_aligner",
-)
-# stage → trainable JanusFlow submodules (the REPA head always trains; the VAE never does here)
-STAGES: dict[str, tuple[str, ...]] = {
-    "1": NEW_MODULES,
-    "2": NEW_MODULES + LLM,
-    "3": NEW_MODULES + LLM + SIGLIP,
-    "vae": (),  # `stage: vae` trains an AutoencoderKL alone (every leaf)
-}
 TRAIN, FROZEN = "train", "frozen"
 
 
@@ -64,23 +45,12 @@ def path_str(path) -> str:
     return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
-def labels_for(params: dict, stage: str) -> dict:
-    """Same tree as `params`, each leaf "train" or "frozen"."""
-    if stage not in STAGES:
-        raise TrainConfigError(f"unknown stage {stage!r}; one of {sorted(STAGES)}")
-    trainable = set(STAGES[stage])
-
-    def one(path, _):
-        if stage == "vae":
-            return TRAIN
-        names = [str(getattr(k, "key", k)) for k in path]
-        if names[0] == "repa":
-            return TRAIN
-        if names[0] == "janusflow" and names[1] in trainable:
-            return TRAIN
-        return FROZEN
-
-    return jax.tree_util.tree_map_with_path(one, params)
+def labels_for(params: dict, trainable) -> dict:
+    """Same tree as `params`, each leaf "train" or "frozen": `trainable(names)` decides from the
+    leaf's path (a tuple of str keys, e.g. ("janus", "gen_head", "vision_head", "kernel"))."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: TRAIN if trainable(tuple(str(getattr(k, "key", k)) for k in path)) else FROZEN, params
+    )
 
 
 def learning_rate(o: OptimConfig):

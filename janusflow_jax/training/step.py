@@ -1,4 +1,14 @@
-"""The jitted train step: draws → (accumulated) gradients of the trainable leaves → optax → EMA."""
+"""The one train step of every task: draws → (accumulated) gradients of the trainable leaves → optax → EMA.
+
+Generic over the task's objective (`tasks.base.Objective`, a hashable frozen dataclass):
+  draw(key, batch) -> dict            the step's random numbers for the whole global batch
+  counts(batch) -> {part: float}      each loss part's denominator over the global batch (≥ 1)
+  loss_sums(model, batch, draws)      unnormalised sums of each part over this shard's rows
+  total(sums, counts) -> scalar       the weighted loss
+  metrics(sums, counts) -> dict       what is logged (default: each part's mean)
+Sums over a shard's rows divided by GLOBAL counts add up across shards and micro-batches, so
+gradient accumulation and any sharding give the same step.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +22,6 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from janusflow_jax.sharding import data_parallel, param_specs
-from janusflow_jax.training import objective
-from janusflow_jax.training.objective import ObjectiveConfig
 from janusflow_jax.training.state import FROZEN, merge_trainable, path_str, split_trainable
 
 
@@ -21,9 +29,7 @@ from janusflow_jax.training.state import FROZEN, merge_trainable, path_str, spli
 class StepStatics:
     """Everything static a step needs (hashable: part of the jit cache key)."""
 
-    ocfg: ObjectiveConfig
-    latent_shape: tuple[int, int, int]
-    num_gen_tokens: int
+    objective: Any
     grad_accum: int = 1
     ema_decay: float | None = None
 
@@ -40,6 +46,13 @@ def _micro(tree, a: int):
     return jax.tree.map(one, tree)
 
 
+def ema_update(ema: dict, params: dict, decay: float | None) -> dict:
+    if decay is None or not ema:
+        return ema
+    flat = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    return {k: (decay * v + (1.0 - decay) * flat[k]).astype(v.dtype) for k, v in ema.items()}
+
+
 def train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
@@ -49,17 +62,16 @@ def train_step(
     batch: dict,
 ) -> tuple[dict, dict]:
     """One optimizer step on `batch` (global arrays). Returns (new state, metrics of this step)."""
-    ocfg = statics.ocfg
+    obj = statics.objective
     key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
-    draws = objective.draw(key, batch, statics.latent_shape, ocfg)
-    denom = objective.counts(batch, statics.latent_shape, statics.num_gen_tokens)
+    draws = obj.draw(key, batch)
+    denom = obj.counts(batch)
     trainable, frozen = split_trainable(state["params"], labels)
 
     def loss_fn(tr, fr, den, mb, md):
-        # sums over this shard's rows divided by GLOBAL counts: adding the shards' values gives the total
         model = nnx.merge(graphdef, merge_trainable(tr, fr))
-        sums = objective.loss_sums(model, mb, md, ocfg)
-        return objective.weighted_total(sums, den, ocfg), sums
+        sums = obj.loss_sums(model, mb, md)
+        return obj.total(sums, den), sums
 
     mesh = jax.sharding.get_abstract_mesh()
     specs = split_trainable(param_specs(graphdef, state["params"], mesh), labels)
@@ -70,12 +82,13 @@ def train_step(
         (loss, sums), grads = grad_fn(trainable, batch, draws)
     else:
         zero_g = jax.tree.map(jnp.zeros_like, trainable)
-        zero_s = {k: jnp.float32(0.0) for k in denom}
+        first = jax.tree.map(lambda x: x[0], (_micro(batch, a), _micro(draws, a)))
+        zero_s = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, trainable, *first)[0][1])
 
         def body(carry, xs):
             g_acc, l_acc, s_acc = carry
-            (l, s), g = grad_fn(trainable, *xs)
-            return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, {k: s_acc[k] + s[k] for k in s}), None
+            (loss_i, s), g = grad_fn(trainable, *xs)
+            return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss_i, jax.tree.map(jnp.add, s_acc, s)), None
 
         (grads, loss, sums), _ = jax.lax.scan(
             body, (zero_g, jnp.float32(0.0), zero_s), (_micro(batch, a), _micro(draws, a))
@@ -89,16 +102,8 @@ def train_step(
     new_params = jax.tree.map(
         lambda p, u, lab: p if lab == FROZEN else (p + u).astype(p.dtype), params, updates, labels
     )
-    ema = state["ema"]
-    if statics.ema_decay is not None and ema:
-        decay = statics.ema_decay
-        flat_new = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(new_params)[0]}
-        ema = {k: (decay * v + (1.0 - decay) * flat_new[k]).astype(v.dtype) for k, v in ema.items()}
+    ema = ema_update(state["ema"], new_params, statics.ema_decay)
     grad_leaves = [g for g in jax.tree.leaves(grads) if g is not None]
-    metrics: dict[str, Any] = {
-        "loss": loss,
-        "grad_norm": optax.tree.norm(grad_leaves),
-        **{k: sums[k] / denom[k] for k in sums},
-    }
+    metrics: dict[str, Any] = {"loss": loss, "grad_norm": optax.tree.norm(grad_leaves), **obj.metrics(sums, denom)}
     new_state = dict(state, step=state["step"] + 1, params=new_params, opt_state=opt_state, ema=ema)
     return new_state, metrics
