@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import TINY_DIR, rel_err
+from train_harness import assert_step_matches, leaves_equal, sharded_step
 from flax import nnx
 
 from janusflow_jax.sampling import image as image_sampling
-from janusflow_jax.sharding import make_mesh, use_mesh
+from janusflow_jax.sharding import make_mesh
 from janusflow_jax.training import losses, state as S
 from janusflow_jax.training.build import build
 from janusflow_jax.training.config import load_config
@@ -213,10 +214,6 @@ def test_repa_gradient_does_not_reach_siglip():
     assert float(jnp.abs(llm_q).max()) > 0  # REPA trains the LLM below the aligned layer
 
 
-def _leaves_equal(a, b) -> bool:
-    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 def test_stage1_freezes_llm_and_siglip_without_optimizer_state():
     cfg, vcfg, gd, params = _tiny()
     labels, tx, step = _step("1", ema=0.9)
@@ -226,11 +223,11 @@ def test_stage1_freezes_llm_and_siglip_without_optimizer_state():
     after = st2["params"]
     jf_b, jf_a = before["janusflow"], after["janusflow"]
     for frozen in ("language_model", "vision_und_enc_model"):
-        assert _leaves_equal(jf_b[frozen], jf_a[frozen]), frozen
-    assert _leaves_equal(before["vae"], after["vae"])
+        assert leaves_equal(jf_b[frozen], jf_a[frozen]), frozen
+    assert leaves_equal(before["vae"], after["vae"])
     for trained in ("vision_gen_enc_model", "vision_gen_dec_model", "vision_und_enc_aligner", "vision_gen_dec_aligner"):
-        assert not _leaves_equal(jf_b[trained], jf_a[trained]), trained
-    assert not _leaves_equal(before["repa"], after["repa"])
+        assert not leaves_equal(jf_b[trained], jf_a[trained]), trained
+    assert not leaves_equal(before["repa"], after["repa"])
     # optimizer state: Adam's two moments for the trainable leaves only
     n_train = sum(x.size for x, lab in zip(jax.tree.leaves(params), jax.tree.leaves(labels)) if lab == S.TRAIN)
     n_opt = sum(x.size for x in jax.tree.leaves(st2["opt_state"]) if x.ndim > 0 or x.dtype != jnp.int32)
@@ -291,19 +288,13 @@ def test_sharded_step_equals_single_device(shape):
         mu["janusflow"]["vision_gen_enc_aligner"]["kernel"]
         == shardings["params"]["janusflow"]["vision_gen_enc_aligner"]["kernel"]
     )
-    mine = jax.tree.map(jnp.copy, st)  # the step donates its state (device_put may alias `st`'s buffers)
-    with use_mesh(mesh):
-        f = b.jit(batch)
-        new_state, m = f(jax.device_put(mine, shardings), b.global_batch(batch))
+    new_state, m = sharded_step(b, st, batch)
     emb = new_state["params"]["janusflow"]["language_model"]["model"]["embed_tokens"]["embedding"]
     assert (
         emb.sharding.spec
         == shardings["params"]["janusflow"]["language_model"]["model"]["embed_tokens"]["embedding"].spec
     )
-    for k in ("loss", "rf", "repa", "und", "text"):
-        assert float(m[k]) == pytest.approx(float(ref_m[k]), rel=2e-5, abs=1e-6), k
-    for a, b in zip(jax.tree.leaves(ref_state["params"]), jax.tree.leaves(new_state["params"])):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=2e-6)
+    assert_step_matches((ref_state, ref_m), (new_state, m), ("loss", "rf", "repa", "und", "text"))
 
 
 # --- the vae task: the small-VAE training step ------------------------------------------------------
@@ -369,10 +360,7 @@ def test_vae_step_sharded_equals_single_device():
 
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     b = build(cfg, mesh, weights=False)
-    mine = jax.tree.map(jnp.copy, st)
-    with use_mesh(mesh):
-        f = b.jit(batch)
-        new_state, m = f(jax.device_put(mine, b.layout.state_shardings), b.global_batch(batch))
+    new_state, m = sharded_step(b, st, batch)
     for k in ("loss", "l1", "l2", "edge", "kl", "grad_norm"):
         assert float(m[k]) == pytest.approx(float(ref_m[k]), rel=2e-5, abs=1e-6), k
     # float32 reduction order differs across shardings: compare each update to its own size

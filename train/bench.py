@@ -1,22 +1,25 @@
-"""Training benchmark: step time, tokens/s and MFU of the jitted train step for a named size.
+"""Training benchmark: step time, tokens/s and MFU of the jitted train step (the one `janusflow-train`
+runs, from `training.build`) at a benchmark geometry, for the janusflow or the janus task.
 
-    python train/bench.py [--size bench] [--devices 1|8] [--stage 2] [--dtype float32] [--repeats 5]
+    python train/bench.py [--task janusflow|janus] [--devices 1|8] [--stage 2] [--dtype float32] [--repeats 5]
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python train/bench.py --devices 8
 
-`bench` is the geometry of shared/reference/bench (sample/configs/bench/: LLM 512 wide × 4 layers, SigLIP
-256 wide at 384 px, 48×48 latents = 576 image tokens). The batch is synthetic (random pixels and ids)
-with `--gen/--und/--text` rows per device: generation rows run the VAE encoder, rectified flow and REPA,
-understanding rows the 816-token prompt of the sampling benchmark with its answer, text rows 256 tokens.
-MFU = model FLOPs (3× the forward of what the loss flows through + SigLIP's REPA forward) ÷ time ÷
-(matmul peak measured in this run × devices). On simulated CPU devices (one host) the peak is the host's,
-so MFU is reported against the single measured peak.
+Geometries (random weights, synthetic batch of random pixels and ids, `--gen/--und/--text` rows per device):
+  janusflow  sample/configs/bench (shared/reference/bench): LLM 512 wide × 4 layers, SigLIP 256 wide at
+             384 px, 48×48 latents = 576 image tokens; generation rows run the VAE encoder, rectified
+             flow and REPA
+  janus      sample/configs/bench-janus: the same LLM and SigLIP, the real-size VQ-16 tokenizer at 384 px
+             (576 codes, 16384-way image head); generation rows run the frozen VQ encoder and the
+             next-code cross-entropy
+Understanding rows are the sampling benchmark's 816-token prompt with its answer, text rows 256 tokens.
+MFU = model FLOPs (3× the forward of what the loss flows through, + frozen feature extractors the loss
+reads: SigLIP for REPA; not the VAE/VQ encoders) ÷ time ÷ (matmul peak measured in this run ×
+devices). On simulated CPU devices (one host) the peak is the host's, so MFU is against one peak.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import json
 import os
 import statistics
@@ -27,9 +30,39 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 
+def synthetic_batch(task, d, n: int, args, rng):
+    """Random rows in the loader's layout: `--gen/--und/--text` per device × n devices."""
+    import numpy as np
+
+    rows = {k: getattr(args, k) * n for k in ("gen", "und", "text") if getattr(args, k)}
+    shapes = task.abstract_batch(d, rows)
+    batch = {}
+    if "gen" in shapes:
+        g = shapes["gen"]
+        batch["gen"] = {"prompt_ids": rng.integers(1, 200, g["prompt_ids"].shape).astype(np.int32),
+                        "prompt_mask": np.ones(g["prompt_mask"].shape, np.int32),
+                        "image": rng.integers(0, 256, g["image"].shape).astype(np.uint8)}  # fmt: skip
+    if "und" in shapes:
+        u = shapes["und"]
+        b, lu = u["ids"].shape
+        slots = task.objective().und_slots if task.name == "janus" else task.model_cfg.siglip.num_patches + 1
+        seq = np.zeros((b, lu), bool)
+        seq[:, 40 : 40 + slots] = True
+        lm = np.zeros((b, lu), np.float32)
+        lm[:, 816:] = 1
+        batch["und"] = {"ids": rng.integers(1, 200, (b, lu)).astype(np.int32), "mask": np.ones((b, lu), np.int32),
+                        "loss_mask": lm, "pixel_values": rng.normal(size=u["pixel_values"].shape).astype(np.float32),
+                        "images_seq_mask": seq}  # fmt: skip
+    if "text" in shapes:
+        t = shapes["text"]["ids"].shape
+        batch["text"] = {"ids": rng.integers(1, 200, t).astype(np.int32), "mask": np.ones(t, np.int32),
+                         "loss_mask": np.ones(t, np.float32)}  # fmt: skip
+    return batch
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", default="bench")
+    p.add_argument("--task", default="janusflow", choices=("janusflow", "janus"))
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--stage", default="2")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -40,79 +73,36 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
 
+    import janusflow_jax  # noqa: F401  (first: it picks the CPU platform on machines without an accelerator)
+
     import jax
-    import jax.numpy as jnp
     import numpy as np
-    from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from janusflow_jax import config as config_lib, flops
-    from janusflow_jax.config import VaeConfig
-    from janusflow_jax.sharding import make_mesh, use_mesh
-    from janusflow_jax.training import objective, state as S
-    from janusflow_jax.training.step import StepStatics, train_step
+    from janusflow_jax import flops
+    from janusflow_jax.sharding import make_mesh
+    from janusflow_jax.training.build import build
+    from janusflow_jax.training.config import load_config
 
-    folder = os.path.join(os.path.dirname(HERE), "sample", "configs", args.size)
-    with open(os.path.join(folder, "vae_config.json")) as f:
-        vae_cfg = VaeConfig.from_diffusers(json.load(f))
-    cfg = config_lib.load_official_config(folder).with_dtype(args.dtype, param_dtype="float32").with_remat(args.remat)
-    vae_cfg = dataclasses.replace(vae_cfg, dtype="float32", param_dtype="float32")
     if len(jax.devices()) < args.devices:
         raise SystemExit(f"{args.devices} devices asked, {len(jax.devices())} present (set XLA_FLAGS on CPU)")
-    mesh = make_mesh({"data": args.devices}, jax.devices()[: args.devices])
-    ocfg = objective.ObjectiveConfig(repa_layer=min(2, cfg.llm.num_hidden_layers), repa_hidden=cfg.llm.hidden_size,
-                                     und_image_size=cfg.siglip.image_size)
-    with use_mesh(mesh):
-        abstract = nnx.eval_shape(lambda: objective.TrainModules(cfg, vae_cfg, ocfg, rngs=nnx.Rngs(0)))
-    gd, _ = nnx.split(abstract, nnx.Param)
-    p_shard = S.param_shardings(abstract, mesh)
-
-    def make():
-        return nnx.to_pure_dict(nnx.split(objective.TrainModules(cfg, vae_cfg, ocfg, rngs=nnx.Rngs(0)), nnx.Param)[1])
-
-    with use_mesh(mesh):
-        params = jax.jit(make, out_shardings=p_shard)()
-    labels = S.labels_for(params, args.stage)
-    tx = S.make_optimizer(S.OptimConfig(lr=1e-4), labels)
-    abstract_state = jax.eval_shape(lambda q: S.init_state(q, tx, labels, jax.random.key(0), False), params)
-    shardings = S.state_shardings_for(abstract_state, p_shard, tx, mesh)
-    with use_mesh(mesh):
-        opt = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt, "ema": {},
-             "key": jax.random.key_data(jax.random.key(0))}
-    state = jax.device_put(state, shardings)
-
     n = args.devices
-    rng = np.random.default_rng(0)
-    side = cfg.latent_size(vae_cfg)
-    n_img = cfg.num_gen_tokens(vae_cfg)
-    lp, lu, lt = 32, 816 + 32, 256
-    s_und = cfg.siglip.image_size
-    batch = {}
-    if args.gen:
-        g = args.gen * n
-        batch["gen"] = {"prompt_ids": rng.integers(1, 200, (g, lp)).astype(np.int32),
-                        "prompt_mask": np.ones((g, lp), np.int32),
-                        "image": rng.integers(0, 256, (g, cfg.gen_image_size, cfg.gen_image_size, 3)).astype(np.uint8)}
-    if args.und:
-        u = args.und * n
-        seq = np.zeros((u, lu), bool)
-        seq[:, 40 : 40 + cfg.siglip.num_patches + 1] = True
-        lm = np.zeros((u, lu), np.float32)
-        lm[:, 816:] = 1
-        batch["und"] = {"ids": rng.integers(1, 200, (u, lu)).astype(np.int32), "mask": np.ones((u, lu), np.int32),
-                        "loss_mask": lm, "pixel_values": rng.normal(size=(u, s_und, s_und, 3)).astype(np.float32),
-                        "images_seq_mask": seq}
-    if args.text:
-        t = args.text * n
-        batch["text"] = {"ids": rng.integers(1, 200, (t, lt)).astype(np.int32), "mask": np.ones((t, lt), np.int32),
-                         "loss_mask": np.ones((t, lt), np.float32)}
-    bs = jax.tree.map(lambda x: NamedSharding(mesh, P("data")), batch)
-    batch = jax.device_put(batch, bs)
-    statics = StepStatics(ocfg, (side, side, vae_cfg.latent_channels), n_img)
-    rep = NamedSharding(mesh, P())
-    step = jax.jit(functools.partial(train_step, gd, tx, labels, statics), in_shardings=(shardings, bs),
-                   out_shardings=(shardings, rep), donate_argnums=0)
+    configs = os.path.join(os.path.dirname(HERE), "sample", "configs")
+    ov = [f"task={args.task}", f"stage={args.stage}", f"model.dtype={args.dtype}", f"model.remat={args.remat}",
+          "optim.lr=1e-4", "data.gen_prompt_len=32", "data.und_len=848", "data.text_len=256"]  # fmt: skip
+    for k in ("gen", "und", "text"):
+        ov += [f"data.mix.{k}={getattr(args, k) * n}"] + ([f"data.{k}.kind=shapes"] if getattr(args, k) else [])
+    if args.task == "janusflow":
+        ov += [f"model.config={configs}/bench/config.json", f"model.vae_config={configs}/bench/vae_config.json",
+               "loss.repa.layer=2", "loss.repa.hidden=512"]  # fmt: skip
+    else:
+        ov += [f"model.config={configs}/bench-janus/config.json"]
+    cfg = load_config(None, ov)
+    mesh = make_mesh({"data": n}, jax.devices()[:n])
+    built = build(cfg, mesh, weights=False)
+    state = built.init_state()
+    batch_np = synthetic_batch(built.task, cfg.data, n, args, np.random.default_rng(0))
+    step = built.jit(batch_np)
+    batch = built.global_batch(batch_np)
 
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
@@ -127,29 +117,22 @@ def main(argv=None) -> int:
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     peak = flops.matmul_peak(args.dtype)
-    fwd = 0.0
-    frozen = 0.0
-    if args.gen:
-        fwd += flops.gen_step_flops(cfg, args.gen * n, side, lp, recompute=True)
-        frozen += flops.siglip_flops(cfg.siglip, args.gen * n)
-    if args.und:
-        fwd += flops.siglip_flops(cfg.siglip, args.und * n) + flops.llm_flops(cfg.llm, args.und * n, lu, lm_head_tokens=lu)
-    if args.text:
-        fwd += flops.llm_flops(cfg.llm, args.text * n, lt, lm_head_tokens=lt)
-    total = 3 * fwd + frozen
-    tokens = (args.gen * (lp + n_img) + args.und * lu + args.text * lt) * n
+    total = built.flops_per_step()
+    tokens = built.tokens_per_step()
     simulated = jax.devices()[0].platform == "cpu"
     denom_devices = 1 if simulated else n
+    n_img = built.task.num_gen_tokens
     print(f"device: {jax.devices()[0].device_kind} × {n}{' (simulated on one host)' if simulated and n > 1 else ''}; "
-          f"stage {args.stage}, {args.dtype}, remat {args.remat}")
-    print(f"batch: {args.gen * n} gen ({lp}+{n_img} tokens, {cfg.gen_image_size}px), {args.und * n} und ({lu} tokens), "
-          f"{args.text * n} text ({lt} tokens); loss {float(m['loss']):.4f}")
+          f"task {args.task} stage {args.stage}, {args.dtype}, remat {args.remat}")  # fmt: skip
+    print(f"batch: {args.gen * n} gen ({cfg.data.gen_prompt_len}+{n_img} tokens, {built.task.gen_image_size}px), "
+          f"{args.und * n} und ({cfg.data.und_len} tokens), {args.text * n} text ({cfg.data.text_len} tokens); "
+          f"loss {float(m['loss']):.4f}")  # fmt: skip
     print(f"compile {compile_s:.1f}s; step median {med * 1e3:.1f} ms over {args.repeats} "
           f"({', '.join(f'{x * 1e3:.0f}' for x in times)}); {tokens / med:.0f} tokens/s")
     print(f"model FLOPs/step {total / 1e9:.2f} G; matmul peak {peak / 1e9:.1f} GFLOP/s (measured now); "
           f"MFU {flops.mfu(total, med, peak, denom_devices):.1%}")
-    print(json.dumps({"devices": n, "step_s": med, "tokens_per_s": tokens / med, "flops": total, "peak": peak,
-                      "mfu": flops.mfu(total, med, peak, denom_devices), "compile_s": compile_s}))
+    print(json.dumps({"task": args.task, "devices": n, "step_s": med, "tokens_per_s": tokens / med, "flops": total,
+                      "peak": peak, "mfu": flops.mfu(total, med, peak, denom_devices), "compile_s": compile_s}))  # fmt: skip
     return 0
 
 

@@ -35,6 +35,8 @@ Batch layout (numpy; a kind with 0 rows is absent; b = mix.<kind> // process_cou
         (image start tag + num_image_tokens slots)
   text: ids int32 [b, text_len] (right-padded: BOS text EOS; a truncated text has no EOS), mask
         int32, loss_mask float32 (all real tokens but BOS)
+With `processor=None` (image-only tasks: the vae and vq tokenizers) only generation rows can be asked
+for, and they hold `image` alone.
 """
 
 from __future__ import annotations
@@ -171,6 +173,8 @@ class _Encoder:
 
     def gen(self, rec: dict) -> tuple[dict, str | None]:
         p = self.p
+        if p is None:  # image-only (tokenizer training tasks: vae, vq): the caption is not read
+            return {"image": resize_center_crop(_as_image(rec), self.gen_image_size)}, None
         caption = _as_text(rec, "caption")
         L = self.gen_prompt_len
 
@@ -312,6 +316,8 @@ class TrainLoader:
         self.kinds = tuple(k for k in KINDS if getattr(mix, k) > 0)
         if not self.kinds:
             raise DataError("MixSpec has no rows of any kind")
+        if processor is None and set(self.kinds) - {"gen"}:
+            raise DataError("understanding and text rows need a processor (the tokenizer); only images were asked for")
         self.mix = mix
         self.seed = int(seed)
         self.process_index, self.process_count = int(process_index), int(process_count)

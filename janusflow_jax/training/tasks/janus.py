@@ -133,14 +133,14 @@ class JanusTask(base.Task):
     def check_model(cls, m):
         need(bool(m.init_from or m.config or m.preset),
              "model: give model.init_from (a Janus folder or checkpoint), model.config or model.preset")  # fmt: skip
-        need(bool(m.init_from or m.vq_from),
-             "model: a Janus trained from scratch needs trained VQ tokenizer weights (model.vq_from)")  # fmt: skip
 
     def __init__(self, cfg, mesh, *, weights: bool = True, log=print):
         from janusflow_jax.janus.model import load
 
         self.cfg, self.mesh, self.loaded = cfg, mesh, {}
         m = cfg.model
+        need(not weights or bool(m.init_from or m.vq_from),
+             "model: a Janus trained from scratch needs trained VQ tokenizer weights (model.vq_from)")  # fmt: skip
         t = time.perf_counter()
         processor_dir = None
         if m.init_from and weights:

@@ -201,8 +201,6 @@ class JanusFlowTask(base.Task):
     def check_model(cls, m):
         need(bool(m.init_from or m.config or m.preset),
              "model: give model.init_from, model.config (official config.json) or model.preset")  # fmt: skip
-        need(bool(m.init_from or m.vae_from),
-             "model: a JanusFlow trained from scratch needs trained VAE weights (model.vae_from)")  # fmt: skip
 
     def __init__(self, cfg, mesh, *, weights: bool = True, log=print):
         from janusflow_jax.model import DEFAULT_MODEL, load, load_vae
@@ -212,6 +210,8 @@ class JanusFlowTask(base.Task):
         if m.init_from == "default":  # the model shipped with the package
             m = dataclasses.replace(m, init_from=DEFAULT_MODEL)
         self.loaded = {}
+        need(not weights or bool(m.init_from or m.vae_from),
+             "model: a JanusFlow trained from scratch needs trained VAE weights (model.vae_from)")  # fmt: skip
         t = time.perf_counter()
         loaded = None
         if not weights:

@@ -119,7 +119,7 @@ class VaeTask(base.Task):
         else:
             vae_cfg = VaeConfig.from_diffusers(config_lib.read_json(m.vae_config))
         self.vae_cfg = dataclasses.replace(vae_cfg, dtype="float32", param_dtype="float32")
-        self.processor, self.processor_dir = base.read_processor(m, None, "janusflow")
+        self.processor, self.processor_dir = None, None  # images only: no tokenizer
         self.gen_image_size = int(self.vae_cfg.sample_size)
         lat = self.gen_image_size // self.vae_cfg.downsample_factor
         self._objective = VaeObjective(cfg.loss.vae, (lat, lat, self.vae_cfg.latent_channels))

@@ -174,7 +174,7 @@ class VqTask(base.Task):
             vq_cfg, size = read_vq_config(m.vq_config)
         self.vq_cfg = dataclasses.replace(vq_cfg, dtype=m.dtype, param_dtype="float32")
         self.gen_image_size = size
-        self.processor, self.processor_dir = base.read_processor(m, None, "janus")
+        self.processor, self.processor_dir = None, None  # images only: no tokenizer
         grid = size // vq_cfg.downsample_factor
         self._objective = VqObjective(cfg.loss.vq, grid, vq_cfg.codebook_embed_dim, vq_cfg.codebook_size)
 
@@ -189,11 +189,14 @@ class VqTask(base.Task):
 
     def model_flops_per_step(self, d):
         """3 × the forward FLOPs (XLA's count of encode → quantize → decode for one image) × images."""
+        from janusflow_jax.sharding import use_mesh
+
         s = self.gen_image_size
-        modules = nnx.eval_shape(lambda: self.make_modules(0))
-        gd, st = nnx.split(modules, nnx.Param)
-        x = jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)
-        cost = jax.jit(lambda p, x: forward(nnx.merge(gd, p).vq, x)[0]).lower(st, x).cost_analysis()
+        with use_mesh(self.mesh):  # the Params carry logical shardings: creating them needs a mesh
+            modules = nnx.eval_shape(lambda: self.make_modules(0))
+            gd, st = nnx.split(modules, nnx.Param)
+            x = jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)
+            cost = jax.jit(lambda p, x: forward(nnx.merge(gd, p).vq, x)[0]).lower(st, x).cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return 3.0 * float((cost or {}).get("flops", 0.0)) * d.mix.gen
 
