@@ -228,6 +228,8 @@ def model_from_folder(path: str, vae_path: str | None = None):
     path = DEFAULT_MODEL if path in (None, "default") else os.fspath(path)
     if not os.path.isdir(path):
         raise PlanError(f"{path}: no such model folder or checkpoint")
+    if checkpoint.is_checkpoint(path) and checkpoint.read_metadata(path).get("kind") == "vae":  # a vae-task export
+        return "janusflow", None, C.VaeConfig.from_diffusers(checkpoint.read_metadata(path)["vae_config"])
     family = detect_family(path)
     if checkpoint.is_checkpoint(path):
         meta = checkpoint.read_metadata(path)

@@ -10,7 +10,9 @@ Configs (record fields as the `shapes` builder's, so `janusflow_jax.data.TrainLo
   question), default 1 repeat per training spec (again ≥ `min_per_kind` images per kind).
 
 Splits: `train` (the training specs, seed `train_seed`) and `heldout` (the held-out specs, seed
-`heldout_seed` ≠ `train_seed`, once each, canonical captions). See `janusflow_jax.geneval.world`.
+`heldout_seed` ≠ `train_seed`, once each, canonical captions). See `janusflow_jax.geneval.world`. The
+builder is the shapes builder's shared part (`janusflow_jax.shapes.builder.WorldBuilder`, `WorldConfig`)
+given this world's records.
 
     from janusflow_jax.geneval import builder
     b = builder.build("datasets/", config="captions")           # or "qa"; repeats=…, min_per_kind=…
@@ -20,32 +22,44 @@ Splits: `train` (the training specs, seed `train_seed`) and `heldout` (the held-
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import ClassVar
 
-import numpy as np
-import tensorflow_datasets as tfds
-
-from janusflow_jax.data.builders import prepare_offline, quiet_tfds
 from janusflow_jax.geneval import world
+from janusflow_jax.shapes.builder import (
+    CONFIG_KINDS,
+    DEFAULT_REPEATS,
+    WorldBuilder,
+    WorldConfig,
+    build_world,
+    open_builder,
+    shared_settings,
+    variant_name,
+)
 from janusflow_jax.shapes.world import encode_png
 
-CONFIG_KINDS = ("captions", "qa")
-DEFAULT_REPEATS = {"captions": 4, "qa": 1}
+__all__ = [  # CONFIG_KINDS, DEFAULT_REPEATS: the shapes builder's, re-exported
+    "CONFIG_KINDS",
+    "DEFAULT_MIN_PER_KIND",
+    "DEFAULT_REPEATS",
+    "Geneval",
+    "GenevalConfig",
+    "build",
+    "builder",
+    "make_config",
+]
+
 DEFAULT_MIN_PER_KIND = 64
 
 
 @dataclasses.dataclass(eq=False)
-class GenevalConfig(tfds.core.BuilderConfig):
-    """`kind`: captions | qa; `repeats` of each training spec; `min_per_kind` training records (images)
-    per task kind at least; the two split seeds; the paraphrase probability of repeats ≥ 1."""
+class GenevalConfig(WorldConfig):
+    """The shared settings (`WorldConfig`) plus `min_per_kind`: training records (images) per task kind
+    at least."""
 
-    kind: str = "captions"
-    repeats: int = 1
+    SETTINGS: ClassVar[tuple[str, ...]] = ("kind", "repeats", "min_per_kind", "train_seed", "heldout_seed",
+                                           "paraphrase_prob")  # fmt: skip
+
     min_per_kind: int = DEFAULT_MIN_PER_KIND
-    train_seed: int = world.TRAIN_SEED
-    heldout_seed: int = world.HELDOUT_SEED
-    paraphrase_prob: float = 0.5
 
 
 def make_config(
@@ -59,117 +73,45 @@ def make_config(
 ) -> GenevalConfig:
     """A config; its name is `kind` for the defaults, else `kind` plus the non-default settings
     (so each variant is built into its own folder)."""
-    if kind not in CONFIG_KINDS:
-        raise ValueError(f"unknown geneval config {kind!r}; one of {CONFIG_KINDS}")
-    repeats = DEFAULT_REPEATS[kind] if repeats in (None, "") else int(repeats)
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    shared = shared_settings("geneval", kind, repeats, train_seed, heldout_seed, paraphrase_prob)
     if int(min_per_kind) < 0:
         raise ValueError(f"min_per_kind must be >= 0, got {min_per_kind}")
-    if int(train_seed) == int(heldout_seed):
-        raise ValueError("the held-out split needs a seed the training split does not use")
-    name = kind
-    if repeats != DEFAULT_REPEATS[kind]:
-        name += f"_r{repeats}"
-    if int(min_per_kind) != DEFAULT_MIN_PER_KIND:
-        name += f"_m{int(min_per_kind)}"
-    if (int(train_seed), int(heldout_seed)) != (world.TRAIN_SEED, world.HELDOUT_SEED):
-        name += f"_s{int(train_seed)}_h{int(heldout_seed)}"
-    if paraphrase_prob != 0.5:
-        name += f"_p{round(paraphrase_prob * 1000)}"
+    m = f"_m{int(min_per_kind)}" if int(min_per_kind) != DEFAULT_MIN_PER_KIND else ""
     return GenevalConfig(
-        name=name,
-        description=f"geneval world, {kind}, {repeats} repeat(s) (≥ {min_per_kind} per kind), "
+        name=variant_name(**shared, world_suffix=m),
+        description=f"geneval world, {kind}, {shared['repeats']} repeat(s) (≥ {min_per_kind} per kind), "
         f"seeds {train_seed}/{heldout_seed}",
-        kind=kind,
-        repeats=repeats,
         min_per_kind=int(min_per_kind),
-        train_seed=int(train_seed),
-        heldout_seed=int(heldout_seed),
-        paraphrase_prob=float(paraphrase_prob),
+        **shared,
     )
 
 
-class Geneval(tfds.core.GeneratorBasedBuilder):
+class Geneval(WorldBuilder):
     """The GenEval world (janusflow_jax.geneval.world) as image–caption and image–QA datasets."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES: ClassVar[dict] = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS: ClassVar[list] = [make_config("captions"), make_config("qa")]
-    DEFAULT_CONFIG_NAME = "captions"
-    url_infos = None  # nothing is downloaded (see the shapes builder)
+    DESCRIPTION = "Synthetic GenEval world: GenEval's six task kinds with flat shapes on 64×64 white."
+    RECORD_FEATURES = ("task", "spec")
+    QA_FEATURES = ("question_kind", "question", "answer")  # the items of `world.qa`'s tuples
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        cfg = self.builder_config
-        text = tfds.features.Text
-        feats = {"image": tfds.features.Tensor(shape=(), dtype=np.object_), "id": text()}
-        feats.update(task=text(), spec=text())
-        if cfg.kind == "captions":
-            feats["caption"] = text()
-        else:
-            feats.update(question=text(), answer=text(), question_kind=text())
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description="Synthetic GenEval world: GenEval's six task kinds with flat shapes on 64×64 white.",
-            features=tfds.features.FeaturesDict(feats),
-            metadata=tfds.core.MetadataDict(),
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        cfg = self.builder_config
-        self.info.metadata.update(
-            kind=cfg.kind,
-            repeats=cfg.repeats,
-            min_per_kind=cfg.min_per_kind,
-            train_seed=cfg.train_seed,
-            heldout_seed=cfg.heldout_seed,
-            paraphrase_prob=cfg.paraphrase_prob,
-            heldout_specs=[s.key for s in world.specs("heldout")],
-        )
-        return {split: self._generate_examples(split) for split in world.SPLITS}
-
-    def _generate_examples(self, split: str):
+    def _records(self, split: str, seed: int):
         cfg = self.builder_config
         for ex in world.examples(
-            split,
-            seed=cfg.train_seed if split == "train" else cfg.heldout_seed,
-            repeats=cfg.repeats,
-            min_per_kind=cfg.min_per_kind,
-            paraphrase_prob=cfg.paraphrase_prob,
+            split, seed=seed, repeats=cfg.repeats, min_per_kind=cfg.min_per_kind, paraphrase_prob=cfg.paraphrase_prob
         ):
-            common = {"image": encode_png(ex.image()), "task": ex.spec.kind, "spec": ex.spec.key}
-            if cfg.kind == "captions":
-                yield ex.id, {**common, "id": ex.id, "caption": ex.caption}
-            else:
-                for i, (qk, q, a) in enumerate(ex.qa):
-                    rid = f"{ex.id}/q{i}"
-                    yield rid, {**common, "id": rid, "question": q, "answer": a, "question_kind": qk}
+            yield ex.id, {"image": encode_png(ex.image()), "task": ex.spec.kind, "spec": ex.spec.key}, ex.caption, ex.qa
+
+    def _heldout_metadata(self) -> dict[str, list[str]]:
+        return {"heldout_specs": [s.key for s in world.specs("heldout")]}
 
 
 def builder(data_dir: str, config: str | GenevalConfig = "captions", **kwargs) -> Geneval:
     """The (not necessarily built) `geneval` builder under `data_dir` (kwargs: see `make_config`)."""
-    cfg = config if isinstance(config, GenevalConfig) else make_config(config, **kwargs)
-    if cfg.name in CONFIG_KINDS:
-        cfg = cfg.name  # the registered config object
-    with quiet_tfds():
-        return Geneval(data_dir=os.fspath(data_dir), config=cfg, file_format="array_record")
+    return open_builder(Geneval, make_config, data_dir, config, **kwargs)
 
 
-def build(
-    data_dir: str,
-    config: str | GenevalConfig = "captions",
-    *,
-    build: bool = True,
-    overwrite: bool = False,
-    **kwargs,
-) -> Geneval:
-    """Builds (once; reused if already prepared, unless `overwrite`) and returns the `geneval` dataset
-    `data_dir/geneval/<config>/1.0.0/`. `config`: "captions" | "qa" | a `GenevalConfig`; kwargs
-    (`repeats`, `min_per_kind`, `train_seed`, `heldout_seed`, `paraphrase_prob`) select a variant.
-    With `build=False` the builder is returned as is (for processes that only read)."""
-    b = builder(data_dir, config, **kwargs)
-    if not build:
-        return b
-    prepare_offline(b, overwrite=overwrite)
-    return b
+def build(data_dir: str, config: str | GenevalConfig = "captions", **kwargs) -> Geneval:
+    """Builds (once; reused if already prepared, unless `overwrite=True`) and returns the `geneval` dataset
+    `data_dir/geneval/<config>/1.0.0/`; kwargs: `build`, `overwrite` (see `shapes.builder.build_world`) and
+    the `make_config` settings (`repeats`, `min_per_kind`, `train_seed`, `heldout_seed`, `paraphrase_prob`)."""
+    return build_world(builder, data_dir, config, **kwargs)

@@ -1,6 +1,6 @@
 """An exact, pixel-based, GenEval-style judge of GenEval-world images: (image, spec) → satisfied?
 
-Detection (`detect`; deterministic, numpy only, reusing the shapes judge's component tools):
+Detection (`detect`; deterministic, numpy only, reusing the shapes judge's image intake and component tools):
 
 1. foreground: pixels whose RGB distance to the white background exceeds half the smallest distance
    between white and a palette colour (≈ 110); each is named by its nearest palette colour;
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from janusflow_jax.geneval.world import BACKGROUND, BOX, COLOUR_NAMES, KINDS, SHAPES, Spec, object_mask
-from janusflow_jax.shapes.judge import components, fill_holes
-from janusflow_jax.shapes.world import COLOURS, IMAGE_SIZE
+from janusflow_jax.shapes.judge import as_image, components, fill_holes
+from janusflow_jax.shapes.world import COLOURS
 
 MIN_AREA = 12  # components smaller than this are specks, not objects
 MIN_IOU = 0.5  # best template IoU below this → shape `unknown`
@@ -64,20 +64,6 @@ class Detection:
     iou: float
 
 
-def _as_image(image) -> np.ndarray:
-    img = np.asarray(image)
-    if img.ndim != 3 or img.shape[-1] not in (3, 4):
-        raise ValueError(f"expected an HWC RGB image, got shape {img.shape}")
-    img = img[..., :3]
-    if img.dtype != np.uint8:
-        img = np.clip(np.round(img.astype(np.float64)), 0, 255).astype(np.uint8)
-    if img.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
-        from PIL import Image
-
-        img = np.asarray(Image.fromarray(img).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
-    return img
-
-
 def classify(mask: np.ndarray) -> tuple[str, float]:
     """(shape, IoU) of a bool [H, W] object mask: the best template at the mask's bbox centre (±1 px)."""
     ys, xs = np.nonzero(mask)
@@ -107,7 +93,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def detect(image) -> list[Detection]:
     """The objects of an image (uint8 [64, 64, 3]; other sizes are resized), sorted by (y, x)."""
-    img = _as_image(image).astype(np.float64)
+    img = as_image(image).astype(np.float64)
     fg = np.linalg.norm(img - _BG, axis=-1) > _THRESHOLD
     nearest = np.full(fg.shape, -1)
     nearest[fg] = np.argmin(np.linalg.norm(img[fg][:, None, :] - _COL_RGB, axis=-1), axis=-1)

@@ -65,7 +65,8 @@ for the training prompt "a photo of a square above a cross"); counting and color
 
 Seeds: `render(spec, seed)` = `draw(layout(spec, seed))`; the layout (centres, unstated colours) is a
 function of (seed, spec). Records (`examples`) draw their per-record seed from (split seed, split, spec,
-repeat); the training split uses `TRAIN_SEED`, the held-out split `HELDOUT_SEED`.
+repeat); the training split uses `TRAIN_SEED`, the held-out split `HELDOUT_SEED` (the shapes world's seeds,
+splits and record-seed rule: `shapes.world.derive_seed`, `split_seed`, `shuffled`).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from janusflow_jax.shapes import world as shapes_world
-from janusflow_jax.shapes.world import COLOURS, IMAGE_SIZE
+from janusflow_jax.shapes.world import COLOURS, IMAGE_SIZE, derive_seed, shuffled
 
 BACKGROUND: tuple[int, int, int] = shapes_world.BACKGROUNDS["white"]
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
@@ -99,9 +100,9 @@ RELATION_OFFSET = 8  # position prompts: the most centre distance across it
 CENTRE_RANGE = (BOX // 2 + MARGIN, IMAGE_SIZE - BOX // 2 - MARGIN)  # (10, 54), inclusive
 MAX_TRIES = 1000  # layout rejection sampling (a 4-object layout succeeds in ~3 tries on average)
 
-TRAIN_SEED = 0
-HELDOUT_SEED = 1
-SPLITS = ("train", "heldout")
+TRAIN_SEED = shapes_world.TRAIN_SEED  # the shapes world's split seeds and splits (and its record-seed rule)
+HELDOUT_SEED = shapes_world.HELDOUT_SEED
+SPLITS = shapes_world.SPLITS
 EVAL_PER_KIND = 4
 
 PAIRS: dict[str, tuple[str, ...]] = {  # kind → the pairs guaranteed in training (checked by the tests)
@@ -444,8 +445,7 @@ def render(spec: Spec, seed: int) -> np.ndarray:
 
 def record_seed(seed: int, split: str, spec: Spec, repeat: int) -> int:
     """The per-record seed (a 63-bit integer) of (split seed, split, spec, repeat)."""
-    words = [int(seed) % 2**63, SPLITS.index(split) if split in SPLITS else 99, *spec.words(), int(repeat)]
-    return int(np.random.SeedSequence(words).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    return derive_seed(seed, split, spec.words(), repeat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -491,12 +491,7 @@ def examples(
     own placement and unstated colours). Repeat 0 uses the canonical caption; each later repeat (train
     only) a paraphrase with probability `paraphrase_prob`. The held-out split: once, canonical.
     `seed` defaults to `TRAIN_SEED` / `HELDOUT_SEED`."""
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r} is not one of {SPLITS}")
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if seed is None:
-        seed = TRAIN_SEED if split == "train" else HELDOUT_SEED
+    seed = shapes_world.split_seed(split, seed, repeats)
     out = []
     for kind in kinds:
         r_k = repeats_of(kind, split, repeats, min_per_kind)
@@ -507,8 +502,7 @@ def examples(
                 u, v = rng.random(), int(rng.integers(1, N_VARIANTS))
                 cap = caption(spec, v if split == "train" and r > 0 and u < paraphrase_prob else 0)
                 out.append(Example(spec, split, r, s, cap, tuple(qa(spec, s))))
-    order = np.random.default_rng([int(seed) % 2**63, 7, SPLITS.index(split)]).permutation(len(out))
-    return [out[i] for i in order]
+    return shuffled(out, seed, split)
 
 
 def corpus_strings() -> list[str]:

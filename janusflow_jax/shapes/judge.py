@@ -156,7 +156,9 @@ def _line_distance(rgb: np.ndarray, bg: np.ndarray) -> np.ndarray:
     return np.linalg.norm(bg + t[:, None] * d - rgb, axis=1)
 
 
-def _as_image(image) -> np.ndarray:
+def as_image(image) -> np.ndarray:
+    """uint8 [64, 64, 3] of an HWC RGB(A) image: alpha dropped, other dtypes rounded and clipped, other
+    sizes resized (bilinear). Shared with the GenEval judge."""
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[-1] not in (3, 4):
         raise ValueError(f"expected an HWC RGB image, got shape {img.shape}")
@@ -172,7 +174,7 @@ def _as_image(image) -> np.ndarray:
 
 def analyse(image) -> dict:
     """The judge's measurements: attributes plus background RGB, threshold, area, bbox, IoUs."""
-    img = _as_image(image).astype(np.float64)
+    img = as_image(image).astype(np.float64)
     border = _border(img)
     bg_rgb = np.median(border, axis=0)
     noise = float(np.mean(1.4826 * np.median(np.abs(border - bg_rgb), axis=0)))  # robust sigma

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 
 from janusflow_jax import processing
 from janusflow_jax.shapes import world
@@ -40,9 +41,16 @@ SPECIAL_TOKENS = (
 MODEL_MAX_LENGTH = 1000000000000000019884624838656  # as the official tokenizer_config.json
 
 
+def template_roles(sft_format: str) -> tuple[str, str]:
+    """The (user, assistant) role names of a chat template (ValueError for an unknown one)."""
+    if sft_format not in processing.TEMPLATES:
+        raise ValueError(f"unknown sft_format {sft_format!r}; one of {sorted(processing.TEMPLATES)}")
+    return processing.TEMPLATES[sft_format]
+
+
 def prompt_texts(sft_format: str = "deepseek_old") -> list[str]:
     """Every full text the shapes world puts through the tokenizer (special tags included), sorted."""
-    user, assistant = processing.TEMPLATES[sft_format]
+    user, assistant = template_roles(sft_format)
     out: set[str] = set()
     for text in world.corpus_strings():  # each world string alone, and after a space (mid-text)
         out.update((text, " " + text))
@@ -59,21 +67,25 @@ def prompt_texts(sft_format: str = "deepseek_old") -> list[str]:
     return sorted(out)
 
 
+def cut_at_special_tokens(texts: Iterable[str]) -> list[str]:
+    """`texts` cut at the special tags (as encoding sees them), empty pieces dropped, deduplicated, sorted."""
+    pat = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
+    return sorted({p for t in texts for p in pat.split(t) if p})
+
+
 def training_corpus(sft_format: str = "deepseek_old") -> list[str]:
     """`prompt_texts` cut at the special tags (as encoding sees them), empty pieces dropped."""
-    pat = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
-    pieces: set[str] = set()
-    for t in prompt_texts(sft_format):
-        pieces.update(p for p in pat.split(t) if p)
-    return sorted(pieces)
+    return cut_at_special_tokens(prompt_texts(sft_format))
 
 
-def build_tokenizer(sft_format: str = "deepseek_old"):
-    """The trained `tokenizers.Tokenizer` (special tokens and BOS post-processor included)."""
+def build_tokenizer(sft_format: str = "deepseek_old", *, corpus: Sequence[str] | None = None):
+    """The trained `tokenizers.Tokenizer` (special tokens and BOS post-processor included), trained on
+    `corpus` (default: this world's `training_corpus(sft_format)`; the GenEval world passes its own)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    if sft_format not in processing.TEMPLATES:
-        raise ValueError(f"unknown sft_format {sft_format!r}; one of {sorted(processing.TEMPLATES)}")
+    template_roles(sft_format)  # an unknown template is an error even with an explicit corpus
+    if corpus is None:
+        corpus = training_corpus(sft_format)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
@@ -83,7 +95,7 @@ def build_tokenizer(sft_format: str = "deepseek_old"):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
     )
-    tok.train_from_iterator(training_corpus(sft_format), trainer)
+    tok.train_from_iterator(corpus, trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     bos = processing.BOS_TEXT
     bos_id = tok.token_to_id(bos)
@@ -106,12 +118,14 @@ def train_tokenizer(
     num_image_tokens: int = 64,
     image_size: int = 64,
     sft_format: str = "deepseek_old",
+    corpus: Sequence[str] | None = None,
 ) -> str:
-    """Trains the tokenizer and writes the five processor files of a JanusFlow checkpoint folder
-    (`tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`, `processor_config.json`,
-    `preprocessor_config.json`) into `out_dir`, loadable by `janusflow_jax.processing.Processor`.
-    Returns `out_dir`. Deterministic: the same arguments give the same bytes."""
-    tok = build_tokenizer(sft_format)
+    """Trains the tokenizer (on `corpus`, default this world's; see `build_tokenizer`) and writes the five
+    processor files of a JanusFlow checkpoint folder (`tokenizer.json`, `tokenizer_config.json`,
+    `special_tokens_map.json`, `processor_config.json`, `preprocessor_config.json`) into `out_dir`,
+    loadable by `janusflow_jax.processing.Processor`. Returns `out_dir`. Deterministic: the same
+    arguments give the same bytes."""
+    tok = build_tokenizer(sft_format, corpus=corpus)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
         f.write(tok.to_str(pretty=True))

@@ -235,10 +235,34 @@ def decode_png(data: bytes) -> np.ndarray:
 # --- records --------------------------------------------------------------------------------------
 
 
+def derive_seed(seed: int, split: str, words: Sequence[int], repeat: int) -> int:
+    """The per-record seed (a 63-bit integer) of (split seed, split, the item's integer words, repeat);
+    shared with the GenEval world (`janusflow_jax.geneval.world`)."""
+    words = [int(seed) % 2**63, SPLITS.index(split) if split in SPLITS else 99, *words, int(repeat)]
+    return int(np.random.SeedSequence(words).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
 def record_seed(seed: int, split: str, attrs: Attributes, repeat: int) -> int:
     """The per-record seed (a 63-bit integer) of (split seed, split, combination, repeat)."""
-    words = [int(seed) % 2**63, SPLITS.index(split) if split in SPLITS else 99, *attrs.index(), int(repeat)]
-    return int(np.random.SeedSequence(words).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    return derive_seed(seed, split, attrs.index(), repeat)
+
+
+def split_seed(split: str, seed: int | None, repeats: int) -> int:
+    """Checks a split name and a repeat count; returns the split's seed (`seed`, or `TRAIN_SEED` /
+    `HELDOUT_SEED` when None)."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if seed is None:
+        return TRAIN_SEED if split == "train" else HELDOUT_SEED
+    return seed
+
+
+def shuffled(records: Sequence, seed: int, split: str) -> list:
+    """`records` in the fixed shuffled order of (split seed, split)."""
+    order = np.random.default_rng([int(seed) % 2**63, 7, SPLITS.index(split)]).permutation(len(records))
+    return [records[i] for i in order]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,12 +304,7 @@ def examples(
     uses a paraphrase with probability `paraphrase_prob` (chosen uniformly), else the canonical one.
     The held-out split always uses canonical captions. QA pairs are in a per-record shuffled order.
     `seed` defaults to `TRAIN_SEED` / `HELDOUT_SEED`."""
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r} is not one of {SPLITS}")
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if seed is None:
-        seed = TRAIN_SEED if split == "train" else HELDOUT_SEED
+    seed = split_seed(split, seed, repeats)
     out = []
     for attrs in combinations(split):
         for r in range(repeats):
@@ -298,8 +317,7 @@ def examples(
             qa = attrs.qa()
             qa = tuple(qa[i] for i in rng.permutation(len(qa)))
             out.append(Example(attrs, split, r, s, jitter, caption, qa))
-    order = np.random.default_rng([int(seed) % 2**63, 7, SPLITS.index(split)]).permutation(len(out))
-    return [out[i] for i in order]
+    return shuffled(out, seed, split)
 
 
 def write_sources(
