@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FAST_COMPILE
+from conftest import FAST_COMPILE, compile_cache_env
 from train_data import make_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -50,9 +50,8 @@ def _env(root, devices=1, **extra):
     env.update(
         JAX_PLATFORMS="cpu",
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
-        # the processes of one test compile the same step: share a persistent compilation cache
-        JAX_COMPILATION_CACHE_DIR=str(root / "jax-cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        # the processes of one test compile the same step: share the run's persistent compilation cache
+        **compile_cache_env(),
         PYTHONPATH=str(ROOT),
     )
     env.update(extra)
@@ -92,21 +91,21 @@ def test_loss_falls_and_outputs_written(work):
         root,
         common,
         f"run.out_dir={out}",
-        "run.steps=120",
-        "run.save_every=120",
+        "run.steps=60",
+        "run.save_every=60",
         "run.sample_prompts=[a red square]",
         "run.sample_steps=3",
     )
     assert r.returncode == 0, r.stderr[-3000:]
     m = _metrics(out)
-    assert [h["step"] for h in m] == list(range(1, 121))
+    assert [h["step"] for h in m] == list(range(1, 61))
     first = np.mean([h["loss"] for h in m[:10]])
     last = np.mean([h["loss"] for h in m[-10:]])
     assert last < 0.6 * first, (first, last)
     for part in ("rf", "und", "text"):  # every part learns on this data
         assert np.mean([h[part] for h in m[-10:]]) < np.mean([h[part] for h in m[:10]]), part
-    assert "step 120/120" in r.stderr and "MFU" in r.stderr and "ETA" in r.stderr
-    for png in ("loss.png", "samples/step_0000120.png"):
+    assert "step 60/60" in r.stderr and "MFU" in r.stderr and "ETA" in r.stderr
+    for png in ("loss.png", "samples/step_0000060.png"):
         with open(out / png, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     # the export is a checkpoint janusflow_jax.load and janusflow-sample read
@@ -120,7 +119,7 @@ def test_loss_falls_and_outputs_written(work):
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["janusflow", "janus"])
 def test_sigkill_mid_run_and_during_a_save_then_resume_matches_uninterrupted(data, task):
-    """Killed after step 3's update (mid-run), resumed and killed again right after step 6's save
+    """Killed after step 5's update (mid-run), resumed and killed again right after step 6's save
     started (its async write in flight), resumed to the end: bit-identical to an uninterrupted run."""
     root, paths = data
     common = _common(root, paths, task)
@@ -129,12 +128,13 @@ def test_sigkill_mid_run_and_during_a_save_then_resume_matches_uninterrupted(dat
     r = _train(root, common, f"run.out_dir={ref}", *steps)
     assert r.returncode == 0, r.stderr[-3000:]
     out = root / f"killed-{task}"
-    r = _train(root, common, f"run.out_dir={out}", *steps, env={"JANUSFLOW_TRAIN_FAULT": "after_step:3"})
+    r = _train(root, common, f"run.out_dir={out}", *steps, env={"JANUSFLOW_TRAIN_FAULT": "after_step:5"})
     assert r.returncode == -9, (r.returncode, r.stderr[-2000:])  # SIGKILLed
     assert not (out / "export").exists()
     r = _train(root, common, f"run.out_dir={out}", *steps, env={"JANUSFLOW_TRAIN_FAULT": "after_save:6"})
     assert r.returncode == -9, (r.returncode, r.stderr[-2000:])
-    assert "resumed from" in r.stderr and _resumed_step(r.stderr) == 2  # step 3 was never saved
+    # the newest complete checkpoint: step 4 if its async write finished before the kill, else step 2
+    assert "resumed from" in r.stderr and _resumed_step(r.stderr) in (2, 4), r.stderr[-2000:]
     r = _train(root, common, f"run.out_dir={out}", *steps)
     assert r.returncode == 0, r.stderr[-3000:]
     # the newest complete checkpoint: step 6 if its async write finished before the kill, else step 4

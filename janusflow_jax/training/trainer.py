@@ -128,6 +128,7 @@ class Trainer:
         )
 
     def _setup_data(self) -> None:
+        self.loader = self._make_loader()
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         for k in ("gen", "und", "text"):
             rows = getattr(self.cfg.data.mix, k)
@@ -136,7 +137,6 @@ class Trainer:
                     f"data.mix.{k}={rows} does not split over the {shards} batch shards (data × fsdp) of the mesh "
                     f"{dict(self.mesh.shape)}: give a multiple of {shards} rows or a smaller mesh"
                 )
-        self.loader = self._make_loader()
         self.tokens_per_step = self.built.tokens_per_step()
         self.flops_per_step = self.built.flops_per_step()
 
