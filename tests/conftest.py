@@ -13,7 +13,6 @@ os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {F
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib
-import tempfile
 
 import jax
 import numpy as np
@@ -21,20 +20,6 @@ import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-# One persistent compilation cache for the whole run, shared by the xdist workers (and by the
-# subprocesses started with `compile_cache_env()`): modules drop their in-memory programs when they
-# end (below), and many modules compile the same programs (the tiny models' sampling and train
-# steps); from the second time on they are read back from disk. Outside the repository; a clean run
-# starts with an empty cache, so nothing carries over from one CI run to the next.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))  # the same in every worker of a run
-COMPILE_CACHE = pathlib.Path(tempfile.gettempdir()) / f"janusflow-jax-tests-{_RUN}"
-jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
-def compile_cache_env() -> dict:
-    """Environment for subprocesses that share the run's compilation cache."""
-    return {"JAX_COMPILATION_CACHE_DIR": str(COMPILE_CACHE), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1"}
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 TINY_DIR = FIXTURES / "janusflow-tiny"

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FAST_COMPILE, compile_cache_env
+from conftest import FAST_COMPILE
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "train" / "configs" / "shapes"
@@ -24,7 +24,6 @@ def _train(root: pathlib.Path, stage: str, *overrides: str) -> list[dict]:
         JAX_PLATFORMS="cpu",
         XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {FAST_COMPILE}",
         PYTHONPATH=str(ROOT),
-        **compile_cache_env(),
     )
     cmd = [
         sys.executable,

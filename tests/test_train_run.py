@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FAST_COMPILE, compile_cache_env
+from conftest import FAST_COMPILE
 from train_data import make_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -50,8 +50,9 @@ def _env(root, devices=1, **extra):
     env.update(
         JAX_PLATFORMS="cpu",
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
-        # the processes of one test compile the same step: share the run's persistent compilation cache
-        **compile_cache_env(),
+        # the processes of one test compile the same step: share a persistent compilation cache
+        JAX_COMPILATION_CACHE_DIR=str(root / "jax-cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         PYTHONPATH=str(ROOT),
     )
     env.update(extra)
@@ -209,7 +210,12 @@ def test_two_processes_equal_one_process(data, task):
     """2 jax.distributed processes × 4 CPU devices (loopback) give the loss curve of 1 process × 8."""
     root, paths = data
     common = _common(root, paths, task)
-    mix = ["run.steps=3", "data.mix.gen=8", "data.mix.und=0", "data.mix.text=8", "run.save_every=3"]
+    # the multi-process plumbing (per-process loader slices, global arrays from process-local rows, one
+    # logger) is the loop's, whatever the task; the janus case runs generation rows through it (their
+    # draws on the global batch), the janusflow case text rows only (its generation path is the
+    # costliest compile of the suite, and the sharded-step tests cover it on 8 devices)
+    gen = 8 if task == "janus" else 0
+    mix = ["run.steps=3", f"data.mix.gen={gen}", "data.mix.und=0", "data.mix.text=8", "run.save_every=3"]
     one = root / f"one-process-{task}"
     r = _train(root, common, f"run.out_dir={one}", *mix, devices=8)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -247,6 +253,6 @@ def test_two_processes_equal_one_process(data, task):
     assert "step 3/3" not in outs[1][1] and "2 process(es)" not in outs[1][1]  # only process 0 logs
     a, b = _metrics(one), _metrics(two)
     assert [h["step"] for h in a] == [h["step"] for h in b] == [1, 2, 3]
-    keys = ("loss", "rf", "repa", "text", "grad_norm") if task == "janusflow" else ("loss", "gen", "text", "grad_norm")
+    keys = ("loss", "text", "grad_norm") if task == "janusflow" else ("loss", "gen", "text", "grad_norm")
     for k in keys:
         np.testing.assert_allclose([h[k] for h in b], [h[k] for h in a], rtol=1e-5, err_msg=k)
