@@ -42,8 +42,7 @@ def nchw_to_nhwc(x):
 # The longest modules (minutes each on a 2-core machine: the training runs and the train-step
 # compiles) go first, so the two xdist workers (pyproject addopts, --dist loadfile) finish together
 # instead of one of them starting a long module last.
-_LONGEST_FIRST = ("test_shapes_train.py", "test_train_run.py", "test_train_core.py", "test_janus_train.py",
-                  "test_new_user.py", "test_sharding.py")
+_LONGEST_FIRST = ("test_shapes_train.py", "test_train_run.py", "test_train_core.py", "test_sharding.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
