@@ -407,32 +407,27 @@ class TrainLoader:
     def __iter__(self):
         return self
 
+    @staticmethod
+    def _count(counts: dict, warned: set, k: str, n: int, first, what: str, attr: str) -> None:
+        """Add `n` to `counts[k]`; warn once per kind (naming the first such record)."""
+        if not n:
+            return
+        counts[k] += n
+        if k not in warned:
+            warned.add(k)
+            warnings.warn(f"TrainLoader: {what.format(k=k)}; first: {first}; counts in TrainLoader.{attr}",
+                          DataWarning, stacklevel=3)  # fmt: skip
+
     def __next__(self) -> dict:
         if self._it is None:
             self._it = self._make_iter()
         batch, skips, first, cuts, first_cut = next(self._it)
         for k in self.kinds:
             self._position[k] += self._global[k]
-            if skips[k]:
-                self.skipped[k] += skips[k]
-                if k not in self._warned:
-                    self._warned.add(k)
-                    warnings.warn(
-                        f"TrainLoader: skipping bad {k} records (substituting the next good one); "
-                        f"first: {first[k]}; counts in TrainLoader.skipped",
-                        DataWarning,
-                        stacklevel=2,
-                    )
-            if cuts[k]:
-                self.truncated[k] += cuts[k]
-                if k not in self._warned_cut:
-                    self._warned_cut.add(k)
-                    warnings.warn(
-                        f"TrainLoader: truncating over-long {k} records to fit their length budget; "
-                        f"first: {first_cut[k]}; counts in TrainLoader.truncated",
-                        DataWarning,
-                        stacklevel=2,
-                    )
+            self._count(self.skipped, self._warned, k, skips[k], first[k],
+                        "skipping bad {k} records (substituting the next good one)", "skipped")  # fmt: skip
+            self._count(self.truncated, self._warned_cut, k, cuts[k], first_cut[k],
+                        "truncating over-long {k} records to fit their length budget", "truncated")  # fmt: skip
         self._steps += 1
         return batch
 
