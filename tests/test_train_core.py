@@ -236,24 +236,6 @@ def test_stage1_freezes_llm_and_siglip_without_optimizer_state():
     assert all(np.isfinite(float(v)) for v in m.values())
 
 
-def test_gradient_accumulation_matches_one_batch():
-    cfg, vcfg, gd, params = _tiny()
-    batch = _batch(cfg, np.random.default_rng(6))
-    outs = []
-    for accum in (1, 2):
-        # Adam's first step is lr·g/(|g|+eps): with eps=1e-8 a gradient that is float noise (~1e-9, e.g.
-        # unused embedding rows) maps to ±lr either way, so compare with an eps that keeps the update
-        # a smooth function of the gradient; the gradients themselves are compared through grad_norm.
-        labels, tx, step = _step("2", accum=accum, eps=1e-3)
-        st = S.init_state(params, tx, labels, jax.random.key(0), ema=False)
-        outs.append(jax.jit(step)(st, batch))
-    (s1, m1), (s2, m2) = outs
-    for k in ("loss", "rf", "repa", "und", "text", "grad_norm"):
-        assert float(m2[k]) == pytest.approx(float(m1[k]), rel=1e-5, abs=1e-6), k
-    for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s2["params"])):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
-
-
 @functools.cache
 def _unrolled_reference_step():
     """The tiny model with its layers unrolled, one stage-3 step on one device (shared by the meshes).
@@ -264,14 +246,27 @@ def _unrolled_reference_step():
     rendezvous timeout (seen ~1 in 3 runs at -O0). Straight-line layers leave one order."""
     cfg, _, _, params = _tiny()
     batch = _batch(cfg, np.random.default_rng(7), gen=8, und=8, text=8)
-    # eps=1e-3 for the reason given in the accumulation test: with eps=1e-8 Adam's first update is
-    # ~lr·sign(g), so float-noise gradients (reduction order differs across shardings) become ~lr-sized
-    # differences; with a larger eps the update stays proportional to the gradient being compared.
+    # eps=1e-3: Adam's first update is lr·g/(|g|+eps); with eps=1e-8 it is ~lr·sign(g), so float-noise
+    # gradients (~1e-9, e.g. unused embedding rows; their reduction order differs across shardings and
+    # micro-batches) become ~lr-sized differences. With a larger eps the update stays proportional to
+    # the gradient being compared; the gradients themselves are compared through grad_norm.
     kw = dict(ema=0.9, eps=1e-3, scan_layers=False)
     b = _build("3", **kw)
     st = S.init_state(params, b.layout.tx, b.labels, jax.random.key(0), ema=True)
     ref_state, ref_m = jax.jit(b.step_fn)(jax.tree.map(jnp.copy, st), batch)
     return kw, params, batch, st, ref_state, ref_m
+
+
+def test_gradient_accumulation_matches_one_batch():
+    """The shared one-device reference step (one batch of 8 + 8 + 8 rows) against the same step taking
+    the batch as 2 micro-batches of accumulated gradients (same parameters, state and draws)."""
+    kw, params, batch, st, s1, m1 = _unrolled_reference_step()
+    b = _build("3", accum=2, **kw)
+    s2, m2 = jax.jit(b.step_fn)(jax.tree.map(jnp.copy, st), batch)
+    for k in ("loss", "rf", "repa", "und", "text", "grad_norm"):
+        assert float(m2[k]) == pytest.approx(float(m1[k]), rel=1e-5, abs=1e-6), k
+    for a, b_ in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s2["params"])):
+        np.testing.assert_allclose(np.asarray(b_), np.asarray(a), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

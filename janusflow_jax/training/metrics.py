@@ -53,6 +53,22 @@ _clock = time.perf_counter  # the progress line's clock (tests substitute a fake
 _LINE = "step {n_fmt}/{total_fmt} [{bar:20}] {percentage:3.0f}% {desc} | {elapsed} elapsed, ETA {remaining}"
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch when torch is not loaded yet: tensorboardX
+    tries `import torch` at import time only to accept torch tensors (we pass NumPy arrays), and where
+    torch is installed that import alone costs over a second of every run's start-up."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError (tensorboardX catches it)
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 def _print_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -292,7 +308,7 @@ class MetricsLogger:
 
     def _tb(self):
         if self._writer is None:
-            from tensorboardX import SummaryWriter
+            SummaryWriter = _summary_writer_class()
 
             # on a resume, TensorBoard hides the points of steps > start_step that a killed run wrote
             purge = self.start_step + 1 if self.start_step > 0 else None
