@@ -1,12 +1,19 @@
-"""janusflow-eval: evaluate a JanusFlow on the held-out split of the shapes world.
+"""janusflow-eval: evaluate a model on the held-out split of a synthetic world.
 
     janusflow-eval shapes-vae --vae DIR     (judge a VAE's reconstructions of all 540 combinations)
+    janusflow-eval geneval-vae --vae DIR    (… of all 545 GenEval-world specs)
     janusflow-eval shapes [--checkpoint DIR] [--steps 30] [--cfg 2.0] [--solver euler|heun] [--seed 0]
                           [--limit N] [--also "10:euler" --also "10:heun"] [--out DIR] [--json FILE]
+    janusflow-eval geneval [--checkpoint DIR] [--per-kind N] [--images-per-prompt N] [--seed 0]
+                           [--sampler S ...] [--cfg W] [--out DIR] [--json FILE]
 
-Without `--checkpoint` the shipped default model is evaluated. Generation: one image per held-out
-canonical caption, judged from its pixels; understanding: the five questions about every held-out
-combination. Writes OUT/grid_<steps>_<solver>.png (the generated images in caption order).
+Without `--checkpoint` the shipped default model is evaluated. shapes: one image per held-out
+canonical caption, judged from its pixels; the five questions about every held-out combination;
+writes OUT/grid_<steps>_<solver>.png. geneval (either family): GenEval-style scores per task kind
+(the fraction of images satisfying every stated constraint) and overall, understanding accuracy per
+question kind; writes OUT/geneval_<sampler>.png, each image framed green (judged right) or red.
+Samplers: JanusFlow `STEPS:SOLVER` (default 30:euler), Janus `sample` (temperature --temperature,
+default) or `greedy`.
 """
 
 from __future__ import annotations
@@ -37,6 +44,23 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-understanding", action="store_true")
     s.add_argument("--out", default="eval_shapes", help="folder for the PNG grids")
     s.add_argument("--json", default=None, help="also write the figures as JSON here")
+    g = sub.add_parser("geneval", help="held-out GenEval-world scores per task kind, understanding per question kind")
+    g.add_argument("--checkpoint", default=None, help="checkpoint of either family (default: the shipped model)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    g.add_argument("--sampler", action="append", default=None, metavar="S",
+                   help="JanusFlow STEPS:SOLVER, Janus sample|greedy; repeat for several (default 30:euler | sample)")
+    g.add_argument("--cfg", type=float, default=None, help="CFG weight (default: the family's, 2 | 5)")
+    g.add_argument("--temperature", type=float, default=1.0, help="Janus `sample`: the sampling temperature")
+    g.add_argument("--per-kind", type=int, default=None, help="only N prompts per task kind, evenly spread")
+    g.add_argument("--images-per-prompt", type=int, default=1)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--skip-understanding", action="store_true")
+    g.add_argument("--out", default="eval_geneval", help="folder for the PNG grids")
+    g.add_argument("--json", default=None, help="also write the figures as JSON here")
+    gv = sub.add_parser("geneval-vae", help="judge a VAE's reconstructions of all 545 GenEval-world specs")
+    gv.add_argument("--vae", required=True, help="VAE export of janusflow-train (task vae), checkpoint or folder")
+    gv.add_argument("--out", default="eval_geneval", help="folder for the PNG grid")
     v = sub.add_parser("shapes-vae", help="judge a VAE's reconstructions of all 540 shapes combinations")
     v.add_argument("--vae", required=True, help="VAE export of janusflow-train (stage vae), checkpoint or folder")
     v.add_argument("--out", default="eval_shapes", help="folder for the PNG grid")
@@ -97,11 +121,87 @@ def shapes(args) -> dict:
         for q, e, a in wrong[:10]:
             print(f"  wrong: {q!r} expected {e!r}, answered {a!r}")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(figures, f, indent=1)
-        os.replace(tmp, args.json)
+        _write_json(args.json, figures)
     return figures
+
+
+def geneval_samplers(family: str, specs: list[str] | None, cfg: float | None, temperature: float) -> dict:
+    """sampler name → keyword arguments of the family's `generate_images`."""
+    out = {}
+    if family == "janusflow":
+        for spec in specs or ["30:euler"]:
+            steps, _, solver = spec.partition(":")
+            if not steps.isdigit() or int(steps) <= 0 or solver not in ("euler", "heun"):
+                raise CliError(f"--sampler {spec!r}: a JanusFlow sampler is STEPS:SOLVER, e.g. 30:euler or 10:heun")
+            out[f"{int(steps)}_{solver}"] = dict(num_steps=int(steps), solver=solver, cfg_weight=2.0 if cfg is None else cfg)
+        return out
+    for spec in specs or ["sample"]:
+        if spec not in ("sample", "greedy"):
+            raise CliError(f"--sampler {spec!r}: a Janus sampler is `sample` or `greedy`")
+        if spec == "sample" and temperature <= 0:
+            raise CliError("--temperature must be positive (or use --sampler greedy)")
+        kw = dict(greedy=True) if spec == "greedy" else dict(temperature=temperature)
+        out[spec] = dict(kw, cfg_weight=5.0 if cfg is None else cfg)
+    return out
+
+
+def _write_json(path: str, figures: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(figures, f, indent=1)
+    os.replace(tmp, path)
+
+
+def geneval(args) -> dict:
+    import janusflow_jax
+    from janusflow_jax.geneval import evaluate
+    from janusflow_jax.images import save_png
+
+    if args.per_kind is not None and args.per_kind <= 0:
+        raise CliError("--per-kind must be positive")
+    if args.images_per_prompt <= 0:
+        raise CliError("--images-per-prompt must be positive")
+    if args.checkpoint is not None and not os.path.exists(args.checkpoint):
+        raise CliError(f"checkpoint {args.checkpoint} not found")
+    model = janusflow_jax.load(args.checkpoint, dtype=args.dtype)
+    samplers = geneval_samplers(model.family, args.sampler, args.cfg, args.temperature)
+    specs = evaluate.prompt_specs(args.per_kind)
+    figures: dict = {"checkpoint": args.checkpoint or "default", "family": model.family, "prompts": len(specs),
+                     "images_per_prompt": args.images_per_prompt, "seed": args.seed, "generation": {}}  # fmt: skip
+    for name, kw in samplers.items():
+        rep = evaluate.evaluate_generation(
+            model, specs, images_per_prompt=args.images_per_prompt, seed=args.seed, batch_size=args.batch_size, **kw
+        )
+        label = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in kw.items())
+        print(evaluate.format_generation(rep, name), f"  [{label}]", sep="\n", flush=True)
+        path = save_png(os.path.join(args.out, f"geneval_{name}.png"), evaluate.verdict_grid(rep))
+        print(f"wrote {path}", flush=True)
+        figures["generation"][name] = dict(rep.scores, seconds=rep.seconds, sampler=kw)
+    if not args.skip_understanding:
+        urep = evaluate.evaluate_understanding(model, specs)
+        print(evaluate.format_understanding(urep), flush=True)
+        figures["understanding"] = dict(urep.accuracy, seconds=urep.seconds)
+        wrong = [r for r in urep.rows if evaluate.normalise_answer(r[3]) != r[2]]
+        for _, q, e, a in wrong[:10]:
+            print(f"  wrong: {q!r} expected {e!r}, answered {a!r}")
+    if args.json:
+        _write_json(args.json, figures)
+    return figures
+
+
+def geneval_vae(args) -> dict:
+    from janusflow_jax.geneval import evaluate
+    from janusflow_jax.images import make_grid, save_png
+    from janusflow_jax.model import load_vae
+
+    if not os.path.exists(args.vae):
+        raise CliError(f"VAE {args.vae} not found")
+    cfg, params = load_vae(args.vae)
+    scores, recon = evaluate.evaluate_vae(cfg, params)
+    print(f"VAE reconstructions of all {len(recon)} GenEval-world specs judged: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))  # fmt: skip
+    print(f"wrote {save_png(os.path.join(args.out, 'vae_reconstructions.png'), make_grid(recon, cols=25))}")
+    return scores
 
 
 def shapes_vae(args) -> dict:
@@ -125,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     from janusflow_jax.model import LoadError
 
     try:
-        shapes(args) if args.task == "shapes" else shapes_vae(args)
+        {"shapes": shapes, "geneval": geneval, "shapes-vae": shapes_vae, "geneval-vae": geneval_vae}[args.task](args)
     except (CliError, ConfigError, LoadError, OSError, ValueError) as e:
         print(f"janusflow-eval: error: {e}", file=sys.stderr)
         return 2
