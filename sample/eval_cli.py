@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--json", default=None, help="also write the figures as JSON here")
     gv = sub.add_parser("geneval-vae", help="judge a VAE's reconstructions of all 545 GenEval-world specs")
     gv.add_argument("--vae", required=True, help="VAE export of janusflow-train (task vae), checkpoint or folder")
+    gv.add_argument("--per-kind", type=int, default=None, help="only N specs per task kind, evenly spread")
     gv.add_argument("--out", default="eval_geneval", help="folder for the PNG grid")
     v = sub.add_parser("shapes-vae", help="judge a VAE's reconstructions of all 540 shapes combinations")
     v.add_argument("--vae", required=True, help="VAE export of janusflow-train (stage vae), checkpoint or folder")
@@ -196,9 +197,13 @@ def geneval_vae(args) -> dict:
 
     if not os.path.exists(args.vae):
         raise CliError(f"VAE {args.vae} not found")
+    if args.per_kind is not None and args.per_kind <= 0:
+        raise CliError("--per-kind must be positive")
     cfg, params = load_vae(args.vae)
-    scores, recon = evaluate.evaluate_vae(cfg, params)
-    print(f"VAE reconstructions of all {len(recon)} GenEval-world specs judged: "
+    specs = evaluate.spread_specs(args.per_kind)
+    scores, recon = evaluate.evaluate_vae(cfg, params, specs)
+    what = "all" if args.per_kind is None else f"{args.per_kind} per kind of the"
+    print(f"VAE reconstructions of {what} {len(recon)} GenEval-world specs judged: "
           + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))  # fmt: skip
     print(f"wrote {save_png(os.path.join(args.out, 'vae_reconstructions.png'), make_grid(recon, cols=25))}")
     return scores

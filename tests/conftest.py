@@ -40,9 +40,19 @@ def nchw_to_nhwc(x):
 
 
 # The longest modules (minutes each on a 2-core machine: the training runs and the train-step
-# compiles) go first, so the two xdist workers (pyproject addopts, --dist loadfile) finish together
-# instead of one of them starting a long module last.
-_LONGEST_FIRST = ("test_shapes_train.py", "test_train_run.py", "test_train_core.py", "test_sharding.py")
+# compiles) go first, longest first, so the two xdist workers (pyproject addopts, --dist loadfile)
+# finish together instead of one of them starting a long module last. (`--no-loadscope-reorder` keeps
+# this order: by default xdist reorders files by their number of tests, which put the one-test
+# shapes-recipe module last.)
+_LONGEST_FIRST = (
+    "test_train_run.py",
+    "test_train_core.py",
+    "test_shapes_train.py",
+    "test_janus_train.py",
+    "test_new_user.py",
+    "test_batch_sampling.py",
+    "test_vq_train.py",
+)
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -202,7 +202,7 @@ def test_bad_configs_fail_with_one_clear_line(work, tmp_path, capsys):
 @pytest.mark.parametrize("task", ["janusflow", "janus"])
 def test_two_processes_equal_one_process(data, task):
     """2 jax.distributed processes (loopback) give the loss curve of 1 process with their devices
-    together: janus 2 × 4 CPU devices against 1 × 8 (process-local rows spread over several local
+    together: janus 2 × 2 CPU devices against 1 × 4 (process-local rows spread over several local
     devices), janusflow 2 × 1 against 1 × 2."""
     root, paths = data
     common = _common(root, paths, task)
@@ -211,7 +211,7 @@ def test_two_processes_equal_one_process(data, task):
     # draws on the global batch), the janusflow case text rows only (its generation path is the
     # costliest compile of the suite, and the sharded-step tests cover it on 8 devices)
     gen = 8 if task == "janus" else 0
-    per_process = 4 if task == "janus" else 1
+    per_process = 2 if task == "janus" else 1
     mix = ["run.steps=3", f"data.mix.gen={gen}", "data.mix.und=0", "data.mix.text=8", "run.save_every=3"]
     one = root / f"one-process-{task}"
     r = _train(root, common, f"run.out_dir={one}", *mix, devices=2 * per_process)

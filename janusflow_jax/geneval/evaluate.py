@@ -31,18 +31,23 @@ FAIL_RGB = (220, 0, 0)  # … and judged wrong
 FRAME = 2  # pixels
 
 
+def _spread(pool: list, n: int | None) -> list:
+    if n is not None and n <= 0:
+        raise ValueError(f"per_kind must be positive, got {n}")
+    if n is None or n >= len(pool):
+        return pool
+    return [pool[round(i * (len(pool) - 1) / max(n - 1, 1))] for i in range(n)]
+
+
 def prompt_specs(per_kind: int | None = None) -> list[world.Spec]:
     """The evaluation prompts, kind by kind in `world.KINDS` order: every held-out spec (single_object:
     its training specs), or `per_kind` of them evenly spread along each kind's list."""
-    if per_kind is not None and per_kind <= 0:
-        raise ValueError(f"per_kind must be positive, got {per_kind}")
-    out = []
-    for kind in world.KINDS:
-        pool = world.specs("heldout", kind) or world.specs("train", kind)
-        if per_kind is not None and per_kind < len(pool):
-            pool = [pool[round(i * (len(pool) - 1) / max(per_kind - 1, 1))] for i in range(per_kind)]
-        out += pool
-    return out
+    return [s for k in world.KINDS for s in _spread(world.specs("heldout", k) or world.specs("train", k), per_kind)]
+
+
+def spread_specs(per_kind: int | None = None) -> list[world.Spec]:
+    """Every spec of the world (train and held-out), or `per_kind` per kind evenly spread."""
+    return [s for k in world.KINDS for s in _spread(world.all_specs(k), per_kind)]
 
 
 def heldout_seed(spec: world.Spec) -> int:
