@@ -28,36 +28,35 @@ class CliError(Exception):
     pass
 
 
+def _model_options(p: argparse.ArgumentParser, out: str, checkpoint_help: str) -> None:
+    """The options `shapes` and `geneval` share: the model, seed, batching, outputs."""
+    p.add_argument("--checkpoint", default=None, help=checkpoint_help)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--skip-understanding", action="store_true")
+    p.add_argument("--out", default=out, help="folder for the PNG grids")
+    p.add_argument("--json", default=None, help="also write the figures as JSON here")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="janusflow-eval", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="task", required=True)
     s = sub.add_parser("shapes", help="held-out shapes-world generation and understanding accuracy")
-    s.add_argument("--checkpoint", default=None, help="checkpoint (default: the shipped model)")
-    s.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    _model_options(s, "eval_shapes", "checkpoint (default: the shipped model)")
     s.add_argument("--steps", type=int, default=30)
     s.add_argument("--cfg", type=float, default=2.0)
     s.add_argument("--solver", choices=("euler", "heun"), default="euler")
     s.add_argument("--also", action="append", default=[], metavar="STEPS:SOLVER", help="extra sampler settings")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--limit", type=int, default=None, help="only N held-out combinations, evenly spread")
-    s.add_argument("--batch-size", type=int, default=None)
-    s.add_argument("--skip-understanding", action="store_true")
-    s.add_argument("--out", default="eval_shapes", help="folder for the PNG grids")
-    s.add_argument("--json", default=None, help="also write the figures as JSON here")
     g = sub.add_parser("geneval", help="held-out GenEval-world scores per task kind, understanding per question kind")
-    g.add_argument("--checkpoint", default=None, help="checkpoint of either family (default: the shipped model)")
-    g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    _model_options(g, "eval_geneval", "checkpoint of either family (default: the shipped model)")
     g.add_argument("--sampler", action="append", default=None, metavar="S",
                    help="JanusFlow STEPS:SOLVER, Janus sample|greedy; repeat for several (default 30:euler | sample)")
     g.add_argument("--cfg", type=float, default=None, help="CFG weight (default: the family's, 2 | 5)")
     g.add_argument("--temperature", type=float, default=1.0, help="Janus `sample`: the sampling temperature")
     g.add_argument("--per-kind", type=int, default=None, help="only N prompts per task kind, evenly spread")
     g.add_argument("--images-per-prompt", type=int, default=1)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--batch-size", type=int, default=None)
-    g.add_argument("--skip-understanding", action="store_true")
-    g.add_argument("--out", default="eval_geneval", help="folder for the PNG grids")
-    g.add_argument("--json", default=None, help="also write the figures as JSON here")
     gv = sub.add_parser("geneval-vae", help="judge a VAE's reconstructions of all 545 GenEval-world specs")
     gv.add_argument("--vae", required=True, help="VAE export of janusflow-train (task vae), checkpoint or folder")
     gv.add_argument("--per-kind", type=int, default=None, help="only N specs per task kind, evenly spread")

@@ -25,6 +25,7 @@ import numpy as np
 
 from janusflow_jax.geneval import judge as judge_lib
 from janusflow_jax.geneval import world
+from janusflow_jax.shapes.evaluate import normalise_answer  # one answer normalisation for both worlds
 
 PASS_RGB = (0, 170, 0)  # the grid's frame around an image judged right
 FAIL_RGB = (220, 0, 0)  # … and judged wrong
@@ -101,10 +102,6 @@ def evaluate_generation(
     rep = GenerationReport({}, per_image, images, checks, seconds, images_per_prompt)
     rep.scores = summarise(per_image, rep.verdicts)
     return rep
-
-
-def normalise_answer(text: str) -> str:
-    return text.strip().lower().rstrip(".!?").strip()
 
 
 def evaluate_understanding(model, specs: Sequence[world.Spec], *, max_new_tokens: int = 8) -> UnderstandingReport:
