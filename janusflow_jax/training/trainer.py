@@ -31,15 +31,27 @@ from janusflow_jax.training.build import batch_shardings, build, jit_step, train
 from janusflow_jax.training.config import TrainConfig
 
 
+def _fault_at(point: str, step: int) -> bool:
+    spec = os.environ.get("JANUSFLOW_TRAIN_FAULT")
+    return bool(spec) and spec == f"{point}:{step}"
+
+
 def _fault(point: str, step: int) -> None:
     """Fault injection for the kill/resume tests: `JANUSFLOW_TRAIN_FAULT=after_step:5` (or
     `after_save:4`) SIGKILLs this process at that point — after step 5's update, or right after
     step 4's checkpoint save was started (async write still in flight)."""
-    spec = os.environ.get("JANUSFLOW_TRAIN_FAULT")
-    if spec and spec == f"{point}:{step}":
+    if _fault_at(point, step):
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _poisoned(batch: dict, step: int) -> dict:
+    """`JANUSFLOW_TRAIN_FAULT=nan_batch:3`: step 3's batch arrives with NaN in every float array (a
+    corrupt batch), for the NaN-stop test; the compiled step is the same program as a healthy run's."""
+    if not _fault_at("nan_batch", step):
+        return batch
+    return jax.tree.map(lambda v: np.full_like(v, np.nan) if np.issubdtype(v.dtype, np.floating) else v, batch)
 
 
 class TrainError(RuntimeError):
@@ -250,7 +262,7 @@ class Trainer:
             if not hasattr(self, "_step"):
                 self._step = self.built.jit(batch_np)
                 self.log("compiling the train step …")
-            batch = self.built.global_batch(batch_np)
+            batch = self.built.global_batch(_poisoned(batch_np, step + 1))
             t0 = time.perf_counter()
             state, m = self._step(state, batch)
             m = {k: float(v) for k, v in jax.device_get(m).items()}
