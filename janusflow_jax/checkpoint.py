@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -414,6 +415,7 @@ def _restore_sharded(params: str, target: dict) -> dict:
          "cache_pool#ocdbt": {"total_bytes_limit": 8 << 20}}
     )  # fmt: skip
     out = {}
+    untrimmed = 0  # bytes read since the last `_trim`
     for key, sds in flat.items():
         name = ".".join(key)
         spec = {"driver": driver, "kvstore": ts_utils.build_kvstore_tspec(params, name=name, use_ocdbt=ocdbt)}
@@ -434,8 +436,17 @@ def _restore_sharded(params: str, target: dict) -> dict:
                 s_.block_until_ready()
             del host
         out[key] = jax.make_array_from_single_device_arrays(sds.shape, sds.sharding, shards)
-        _trim()
+        untrimmed += math.prod(sds.shape) * want.itemsize
+        if untrimmed >= _TRIM_EVERY:
+            _trim()
+            untrimmed = 0
+    _trim()
     return _unflat(out)
+
+
+# `malloc_trim` walks the whole heap (~20 ms a call in a process that has compiled a few programs):
+# once per this many bytes read, and at the end, instead of after every array.
+_TRIM_EVERY = 64 << 20
 
 
 def _trim() -> None:

@@ -27,8 +27,20 @@ def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], dtype: str, names: 
     """Create an `nnx.Param` of `shape` in `dtype`, annotated with logical axis `names`."""
     if len(names) != len(shape):
         raise ValueError(f"{len(names)} axis names {names} for a {len(shape)}-d parameter {tuple(shape)}")
-    key = rngs.params() if rngs is not None else None
+    key = next_key(rngs.params) if rngs is not None else None
     return nnx.Param(init(key, tuple(shape), as_dtype(dtype)), out_sharding=names)
+
+
+def next_key(stream: nnx.RngStream) -> jax.Array:
+    """`stream()`'s key (`fold_in(key, count)`, then count + 1), with the count replaced whole.
+
+    Under `eval_shape`/`jit` (how every model is built) flax's own draw writes the count back through an
+    indexed update whose sharding check builds an error message for each traced value, ~6 ms a
+    parameter: most of the cost of building a small model. Same keys, same parameters."""
+    count = stream.count.get_value()
+    key = jax.random.fold_in(stream.key.get_value(), count)
+    stream.count.set_value(count + 1)
+    return key
 
 
 def normal_init(std: float):
