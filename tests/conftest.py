@@ -47,7 +47,7 @@ def nchw_to_nhwc(x):
 _LONGEST_FIRST = (
     "test_train_run.py",
     "test_train_core.py",
-    "test_shapes_train.py",
+    "test_geneval_train.py",
     "test_janus_train.py",
     "test_new_user.py",
     "test_batch_sampling.py",
