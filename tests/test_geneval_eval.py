@@ -103,6 +103,9 @@ def test_cli_on_both_families(fixture, samplers, tmp_path, capsys):
     name = samplers[0].replace(":", "_")
     assert set(fig["generation"][name]) >= {*world.KINDS, "overall"}
     assert all(0.0 <= fig["generation"][name][k] <= 1.0 for k in world.KINDS)
+    g = fig["generation"][name]  # the warm time per image: the run time of the programs, not their compiles
+    assert 0.0 < g["seconds_per_image"] * fig["prompts"] * fig["images_per_prompt"] < g["seconds"]
+    assert "s/image compiles excluded" in text
     assert set(fig["understanding"]) == {*world.QUESTION_KINDS, "all", "seconds"}
     png = Image.open(out / f"geneval_{name}.png")
     assert png.size == (64, 6 * 64)
