@@ -39,7 +39,7 @@ TOKENIZER = ["data.mix.gen=4", "run.save_every=1000", "run.sample_every=0"]
 
 CHAINS = {  # family → [(preset, steps, overrides)]: the tokenizer stage, then stages 1-3
     "janusflow": [
-        ("geneval/vae.yaml", 6, TOKENIZER),
+        ("geneval/vae.yaml", 4, TOKENIZER),
         ("geneval/stage1.yaml", 12, ["model.vae_from={prev}", *SMALL]),
         ("geneval/stage2.yaml", 12, ["model.init_from={prev}", *SMALL]),
         ("geneval/stage3.yaml", 12, ["model.init_from={prev}", *SMALL]),

@@ -153,13 +153,14 @@ def test_straight_through_gradients(tiny):
     np.testing.assert_array_equal(np.asarray(jnp.abs(emb(g_cb)).max(-1)) > 0, hist > 0)
 
 
-def test_tiny_run_first_step_loss_falls_and_exports(tiny, tmp_path):
-    """30 steps of the task's defaults (l2 + codebook + 0.25 commit) on the shapes world, no processor,
-    8 simulated devices ({data: 8}: one image per shard)."""
+def test_tiny_run_first_step_matches_numpy_and_exports(tiny, tmp_path):
+    """6 steps of the task's defaults (l2 + codebook + 0.25 commit) on the shapes world, no processor,
+    8 simulated devices ({data: 8}: one image per shard). (That the loss falls over a longer run is
+    checked on the GenEval VQ preset in test_geneval_train.py.)"""
     from janusflow_jax.training.trainer import Trainer
 
     vq_json, built, init_params, _ = tiny
-    out, steps = tmp_path / "run", 30
+    out, steps = tmp_path / "run", 6
     cfg = _cfg(vq_json, f"run.out_dir={out}", f"data.data_dir={tmp_path / 'tfds'}", f"run.steps={steps}",
                "run.log_every=1", f"run.save_every={steps}", "run.async_save=false", "optim.lr=2e-3")  # fmt: skip
     assert cfg.model.processor is None and cfg.optim.ema_decay is None and cfg.loss.vq == VqLoss()
@@ -184,10 +185,7 @@ def test_tiny_run_first_step_loss_falls_and_exports(tiny, tmp_path):
     for k in ("usage", "perplexity", "loss", "l2", "codebook", "commit"):
         assert hist[0][k] == pytest.approx(want[k], rel=1e-5), k
 
-    # reconstruction falls; usage is a count of rows over K in (0, 1]
-    first, end = np.mean([h["l2"] for h in hist[:10]]), np.mean([h["l2"] for h in hist[-10:]])
-    print(f"l2 first-10 {first:.4f} last-10 {end:.4f}; usage {[round(h['usage'], 3) for h in hist[::5]]}")
-    assert end < 0.5 * first, (first, end)
+    # usage is a count of rows over K in (0, 1]
     for h in hist:
         assert 0.0 < h["usage"] <= 1.0 and 1.0 <= h["perplexity"] <= K, h
         assert h["usage"] * K == pytest.approx(round(h["usage"] * K), abs=1e-4)
