@@ -121,6 +121,7 @@ def test_render_deterministic_and_exact():
             for p, o in zip(placed, [o for o in s.objects for _ in range(o.count)]):
                 assert o.colour in (None, p.colour)
                 assert lo <= p.x <= hi and lo <= p.y <= hi
+                assert p.x % W.GRID == 0 and p.y % W.GRID == 0  # every box covers whole 8-px cells
             for a, b in itertools.combinations(placed, 2):
                 assert max(abs(a.x - b.x), abs(a.y - b.y)) >= W.MIN_SEPARATION
             colours = set(np.unique(img.reshape(-1, 3).astype(np.int64) @ _PACK).tolist())  # flat, no anti-aliasing
@@ -343,7 +344,7 @@ def test_tfds_builder_read_by_the_train_loader(tmp_path):
 
     src = {c: builder.build(str(tmp_path), c).as_data_source() for c in ("captions", "qa")}
     for c in ("captions", "qa"):
-        assert (tmp_path / "geneval" / c / "1.0.0").is_dir() and set(src[c]) == {"train", "heldout"}
+        assert (tmp_path / "geneval" / c / "1.1.0").is_dir() and set(src[c]) == {"train", "heldout"}
     n_train = sum(len(TRAIN[k]) * W.repeats_of(k, "train", 4, builder.DEFAULT_MIN_PER_KIND) for k in W.KINDS)
     assert len(src["captions"]["train"]) == n_train and len(src["captions"]["heldout"]) == len(W.specs("heldout"))
     by_key = {s.key: s for s in W.all_specs()}

@@ -7,9 +7,12 @@ Specification (followed exactly; `judge.py` checks it back from pixels):
   diamond (|dx| + |dy| < 8) or cross (a plus sign, arms 16 long and 6 thick) — in one of the shapes
   world's six flat colours (red, green, blue, yellow, purple, orange), always in a 16×16 box (the
   shapes world's `small`), painted by pixel centres (no anti-aliasing), box centres on integer pixels;
-* placement (`layout`): from a seed, box centres uniform in [10, 54]² (two pixels of margin), every pair
-  of boxes at least 19 px apart along x or along y (≥ 3 background pixels between any two objects);
-  position prompts put the second object ≥ 24 px away along the stated axis and ≤ 8 px off it;
+* placement (`layout`): from a seed, box centres on the 8-px grid {16, 24, 32, 40, 48}² (so every box
+  covers exactly 2×2 cells of the 8-px grid that both generators' tokens tile: a JanusFlow ShallowUViT
+  token is 2×2 VAE latents of a 4×-downsampling VAE, a Janus code one cell of an 8×-downsampling VQ; at
+  least 8 background pixels to the border), every pair of boxes at least 24 px apart along x or along y
+  (≥ 8 background pixels between any two objects); position prompts put the second object ≥ 24 px away
+  along the stated axis and ≤ 8 px off it;
 * colours the prompt does not state (single_object, two_objects, position) are drawn from the seed.
 
 Task kinds (`KINDS`) and their full specs (`Spec`):
@@ -92,13 +95,15 @@ KINDS: tuple[str, ...] = ("single_object", "two_objects", "counting", "colors", 
 QUESTION_KINDS: tuple[str, ...] = ("what", "count", "color", "position")
 
 BOX = shapes_world.SIZES["small"]  # 16: the side of every object's box, pixels
-MARGIN = 2  # background pixels at least between a box and the image border
-GAP = 3  # background pixels at least between two boxes (along x or along y)
-MIN_SEPARATION = BOX + GAP  # 19: the least centre distance along x or y of two objects
+GRID = 8  # px: box centres lie on multiples of GRID (a box then covers 2×2 whole grid cells)
+MARGIN = 8  # background pixels at least between a box and the image border
+GAP = 8  # background pixels at least between two boxes (along x or along y)
+MIN_SEPARATION = BOX + GAP  # 24: the least centre distance along x or y of two objects
 RELATION_DISTANCE = 24  # position prompts: the least centre distance along the stated axis
 RELATION_OFFSET = 8  # position prompts: the most centre distance across it
-CENTRE_RANGE = (BOX // 2 + MARGIN, IMAGE_SIZE - BOX // 2 - MARGIN)  # (10, 54), inclusive
-MAX_TRIES = 1000  # layout rejection sampling (a 4-object layout succeeds in ~3 tries on average)
+CENTRE_RANGE = (BOX // 2 + MARGIN, IMAGE_SIZE - BOX // 2 - MARGIN)  # (16, 48), inclusive
+GRID_CENTRES = tuple(range(CENTRE_RANGE[0], CENTRE_RANGE[1] + 1, GRID))  # (16, 24, 32, 40, 48)
+MAX_TRIES = 1000  # layout restarts (a 4-object layout placed object by object restarts rarely)
 
 TRAIN_SEED = shapes_world.TRAIN_SEED  # the shapes world's split seeds and splits (and its record-seed rule)
 HELDOUT_SEED = shapes_world.HELDOUT_SEED
@@ -399,21 +404,27 @@ def _separated(xy: list[tuple[int, int]]) -> bool:
 
 
 def _centres(rng: np.random.Generator, spec: Spec) -> list[tuple[int, int]]:
-    lo, hi = CENTRE_RANGE
+    grid = np.array(GRID_CENTRES)
+    cells = [(int(x), int(y)) for x in grid for y in grid]
     for _ in range(MAX_TRIES):
         if spec.kind == "position":
             axis = RELATIONS.index(spec.relation) // 2  # 0: x, 1: y
             sign = -1 if spec.relation in ("left of", "above") else 1  # A's coordinate minus B's, in sign
-            main_a = int(rng.integers(lo, hi + 1))
-            main_b = main_a - sign * int(rng.integers(RELATION_DISTANCE, hi - lo + 1))
-            cross_a = int(rng.integers(lo, hi + 1))
-            cross_b = cross_a + int(rng.integers(-RELATION_OFFSET, RELATION_OFFSET + 1))
-            if not (lo <= main_b <= hi and lo <= cross_b <= hi):
+            main_a = int(rng.choice(grid))
+            main_b = main_a - sign * GRID * int(rng.integers(RELATION_DISTANCE // GRID, len(grid)))
+            cross_a = int(rng.choice(grid))
+            cross_b = cross_a + GRID * int(rng.integers(-(RELATION_OFFSET // GRID), RELATION_OFFSET // GRID + 1))
+            if not (grid[0] <= main_b <= grid[-1] and grid[0] <= cross_b <= grid[-1]):
                 continue
             pa, pb = ((main_a, cross_a), (main_b, cross_b)) if axis == 0 else ((cross_a, main_a), (cross_b, main_b))
             return [pa, pb]
-        xy = [(int(x), int(y)) for x, y in rng.integers(lo, hi + 1, size=(spec.n_objects, 2))]
-        if _separated(xy):
+        xy: list[tuple[int, int]] = []  # object by object, each uniform over the cells clear of the others
+        for _ in range(spec.n_objects):
+            free = [c for c in cells if _separated(xy + [c])]
+            if not free:
+                break
+            xy.append(free[int(rng.integers(len(free)))])
+        if len(xy) == spec.n_objects:
             return xy
     raise RuntimeError(f"no layout for {spec} in {MAX_TRIES} tries")  # never happens for the world's specs
 
