@@ -99,6 +99,25 @@ def test_drop_condition_keeps_only_bos():
     np.testing.assert_array_equal(out, [[0, 0, 1, 0, 0], [1, 0, 0, 0, 0], [0, 1, 1, 1, 1]])
 
 
+def test_ema_is_the_debiased_average_of_the_run_s_weights():
+    """After updates 1..t the EMA is sum_k decay^(t-k) p_k / sum_k decay^(t-k): the starting weights do
+    not count (a plain EMA from them would keep decay^t of them), the first update's weights are the
+    EMA after it, and a long run tends to the plain recursion."""
+    from janusflow_jax.training.step import ema_update
+
+    rng = np.random.default_rng(3)
+    decay, n = 0.999, 40
+    ps = rng.normal(size=(n + 1, 5)).astype(np.float32)  # ps[0]: the weights the run starts from
+    ema = {"w": jnp.asarray(ps[0])}
+    for t in range(1, n + 1):
+        ema = ema_update(ema, {"w": jnp.asarray(ps[t])}, decay, jnp.int32(t))
+        w = decay ** (t - np.arange(1, t + 1))
+        np.testing.assert_allclose(np.asarray(ema["w"]), (w[:, None] * ps[1 : t + 1]).sum(0) / w.sum(), rtol=2e-5, atol=1e-5)
+    assert ema_update(ema, {"w": jnp.asarray(ps[1])}, None, 1) is ema  # no decay: no EMA
+    big = ema_update({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}, 0.9, jnp.int32(10_000))  # d_t -> decay
+    np.testing.assert_allclose(np.asarray(big["w"]), 0.1, rtol=1e-5)
+
+
 # --- the training forward on the tiny fixture model ---------------------------------------------
 
 

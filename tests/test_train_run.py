@@ -86,7 +86,7 @@ def _metrics(out_dir):
 
 def _check_reference_run(task, out, stderr, steps):
     """The uninterrupted run's own outputs: the loss and each of its parts fall, the progress line, the
-    PNGs, and an export that `janusflow_jax.load` reads (and, for JanusFlow, samples from)."""
+    PNGs, and an export that `janusflow_jax.load` reads."""
     m = _metrics(out)
     assert [h["step"] for h in m] == list(range(1, steps + 1))
     first = np.mean([h["loss"] for h in m[:5]])
@@ -101,11 +101,9 @@ def _check_reference_run(task, out, stderr, steps):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
     import janusflow_jax
 
-    model = janusflow_jax.load(str(out / "export"))
-    assert model.family == task
-    if task == "janusflow":  # the export is a checkpoint janusflow_jax.load and janusflow-sample read
-        img = model.generate_images(["a red square"], num_steps=2)
-        assert img.shape == (1, 64, 64, 3) and img.dtype == np.uint8
+    # the export is a model folder janusflow_jax.load reads (what draws and answers from an export, for
+    # both families, is test_geneval_train's last check; the samples PNG above is the trainer's drawing)
+    assert janusflow_jax.load(str(out / "export")).family == task
 
 
 # the kill point per task: the loop (data, step, checkpoints, resume) is the same for every task, so each

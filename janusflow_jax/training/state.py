@@ -37,7 +37,7 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     clip_norm: float = 1.0
-    ema_decay: float | None = None  # e.g. 0.99 (the paper); None: no EMA
+    ema_decay: float | None = None  # e.g. 0.99 (the paper); None: no EMA. Debiased: `step.ema_update`
     grad_accum: int = 1
 
 

@@ -46,11 +46,20 @@ def _micro(tree, a: int):
     return jax.tree.map(one, tree)
 
 
-def ema_update(ema: dict, params: dict, decay: float | None) -> dict:
+def ema_update(ema: dict, params: dict, decay: float | None, t) -> dict:
+    """The debiased exponential moving average of the weights after this run's update `t` (1, 2, …):
+    the weights after update k weigh decay^(t-k), normalised — the weights the run started from not at
+    all (a plain EMA started there keeps decay^t of them: 22 % after 1500 steps at 0.999, where a stage
+    that trains a freshly initialised LLM would export a blend of it with its random init). Kept
+    already divided, so the buffer is the average itself: m_t = d_t m_(t-1) + (1 - d_t) p_t with
+    d_t = decay (1 - decay^(t-1)) / (1 - decay^t) (d_1 = 0: the first update's weights)."""
     if decay is None or not ema:
         return ema
     flat = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-    return {k: (decay * v + (1.0 - decay) * flat[k]).astype(v.dtype) for k, v in ema.items()}
+    t = jnp.asarray(t, jnp.float32)
+    log_d = jnp.log(jnp.float32(decay))
+    d = decay * jnp.expm1((t - 1.0) * log_d) / jnp.expm1(t * log_d)  # (1 - decay^(t-1)) / (1 - decay^t), exact near 1
+    return {k: (d * v.astype(jnp.float32) + (1.0 - d) * flat[k].astype(jnp.float32)).astype(v.dtype) for k, v in ema.items()}
 
 
 def train_step(
@@ -102,7 +111,7 @@ def train_step(
     new_params = jax.tree.map(
         lambda p, u, lab: p if lab == FROZEN else (p + u).astype(p.dtype), params, updates, labels
     )
-    ema = ema_update(state["ema"], new_params, statics.ema_decay)
+    ema = ema_update(state["ema"], new_params, statics.ema_decay, state["step"] + 1)
     grad_leaves = [g for g in jax.tree.leaves(grads) if g is not None]
     metrics: dict[str, Any] = {"loss": loss, "grad_norm": optax.tree.norm(grad_leaves), **obj.metrics(sums, denom)}
     new_state = dict(state, step=state["step"] + 1, params=new_params, opt_state=opt_state, ema=ema)
