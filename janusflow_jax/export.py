@@ -483,11 +483,9 @@ def atomic_folder(dest: str):
 def resolve_checkpoint(path: str | None) -> str:
     """The folder `janusflow_jax.load` will read for CHECKPOINT: None or "default" → the shipped
     model; a training run directory (`janusflow-train`'s run.out_dir) → its `export/`."""
-    from janusflow_jax.model import DEFAULT_MODEL
+    from janusflow_jax.model import shipped_path
 
-    if path is None or path == "default":
-        path = DEFAULT_MODEL
-    path = os.fspath(path)
+    path = shipped_path(path)
     if not os.path.exists(path):
         raise ExportError(f"{path}: no such checkpoint or model folder")
     if not os.path.isdir(path):

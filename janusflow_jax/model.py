@@ -425,7 +425,22 @@ def read_hf_folder(model_dir: str, vae_dir: str, *, dtype: str = "float32", prog
     return cfg, vae_cfg, jf, vae
 
 
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+# the models shipped with the package, by name: `janusflow_jax.load(name)`, `--checkpoint name` of the CLIs,
+# `model.init_from=name` / `model.vae_from=name` of janusflow-train (a name wins over a folder of that name
+# in the working directory: give ./name for the folder)
+SHIPPED_MODELS: dict[str, str] = {
+    "default": os.path.join(_PACKAGE, "default_model"),
+}
+DEFAULT_MODEL = SHIPPED_MODELS["default"]
+
+
+def shipped_path(path: str | os.PathLike | None) -> str:
+    """The folder of a shipped model's name (None: "default"); any other path unchanged (as a str)."""
+    if path is None:
+        return DEFAULT_MODEL
+    path = os.fspath(path)
+    return SHIPPED_MODELS.get(path, path)
 
 
 def detect_family(path: str) -> str:
@@ -465,11 +480,10 @@ def load(path: str | None = None, *, vae_path: str | None = None, dtype: str = "
     """
     if dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"dtype must be float32 or bfloat16, got {dtype!r}")
-    if path is None:
-        path = DEFAULT_MODEL
-        if not checkpoint.is_checkpoint(path):
-            raise LoadError(f"the shipped default model is missing from this installation ({path})")
-    path = os.fspath(path)
+    name = "default" if path is None else os.fspath(path)
+    path = shipped_path(path)
+    if name in SHIPPED_MODELS and not checkpoint.is_checkpoint(path):
+        raise LoadError(f"the shipped model {name!r} is missing from this installation ({path})")
     if not os.path.exists(path):
         raise LoadError(f"{path}: no such checkpoint or model folder")
     if not os.path.isdir(path):

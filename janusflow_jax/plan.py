@@ -223,9 +223,9 @@ def model_from_folder(path: str, vae_path: str | None = None):
     from janusflow_jax import checkpoint
     from janusflow_jax import config as C
     from janusflow_jax.janus import config as J
-    from janusflow_jax.model import DEFAULT_MODEL, detect_family
+    from janusflow_jax.model import detect_family, shipped_path
 
-    path = DEFAULT_MODEL if path in (None, "default") else os.fspath(path)
+    path = shipped_path(path)
     if not os.path.isdir(path):
         raise PlanError(f"{path}: no such model folder or checkpoint")
     if checkpoint.is_checkpoint(path) and checkpoint.read_metadata(path).get("kind") == "vae":  # a vae-task export

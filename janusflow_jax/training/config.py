@@ -239,7 +239,11 @@ _PATH_FIELDS = (
 )
 
 
-def _resolve_paths(data: dict, folder: str) -> None:
+def _resolve_paths(data: dict, folder: str | None) -> None:
+    """Shipped models' names (`model.SHIPPED_MODELS`, in the model fields) to their folders; other relative
+    input paths against `folder` (the YAML file naming them; None: left as they are)."""
+    from janusflow_jax.model import SHIPPED_MODELS
+
     for keys in _PATH_FIELDS:
         node = data
         for k in keys[:-1]:
@@ -247,7 +251,9 @@ def _resolve_paths(data: dict, folder: str) -> None:
         if not isinstance(node, dict):
             continue
         v = node.get(keys[-1])
-        if isinstance(v, str) and v and v != "default" and not os.path.isabs(v):
+        if keys[0] == "model" and v in SHIPPED_MODELS:
+            node[keys[-1]] = SHIPPED_MODELS[v]
+        elif folder is not None and isinstance(v, str) and v and not os.path.isabs(v):
             here = os.path.normpath(os.path.join(folder, v))
             if os.path.exists(here):
                 node[keys[-1]] = here
@@ -341,6 +347,7 @@ def load_config(path: str | None, overrides: Sequence[str] = (), *, validate: bo
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
+    _resolve_paths(data, None)  # names given as overrides (model.init_from=default)
     if str(data.get("stage")) == "vae" and "task" not in data:  # before tasks: `stage: vae` meant the VAE trainer
         data["task"], data["stage"] = "vae", "all"
     cfg = from_dict(data)

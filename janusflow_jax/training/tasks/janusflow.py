@@ -203,12 +203,10 @@ class JanusFlowTask(base.Task):
              "model: give model.init_from, model.config (official config.json) or model.preset")  # fmt: skip
 
     def __init__(self, cfg, mesh, *, weights: bool = True, log=print):
-        from janusflow_jax.model import DEFAULT_MODEL, load, load_vae
+        from janusflow_jax.model import load, load_vae
 
         self.cfg, self.mesh = cfg, mesh
-        m = cfg.model
-        if m.init_from == "default":  # the model shipped with the package
-            m = dataclasses.replace(m, init_from=DEFAULT_MODEL)
+        m = cfg.model  # a shipped model's name (init_from=default) is its folder by now (config._resolve_paths)
         self.loaded = {}
         need(not weights or bool(m.init_from or m.vae_from),
              "model: a JanusFlow trained from scratch needs trained VAE weights (model.vae_from)")  # fmt: skip

@@ -106,12 +106,10 @@ class VaeTask(base.Task):
              "task vae: give model.vae_config (diffusers config.json) or model.init_from")  # fmt: skip
 
     def __init__(self, cfg, mesh, *, weights: bool = True, log=print):
-        from janusflow_jax.model import DEFAULT_MODEL, load_vae
+        from janusflow_jax.model import load_vae
 
         self.cfg, self.mesh, self.loaded = cfg, mesh, {}
-        m = cfg.model
-        if m.init_from == "default":  # fine-tune the VAE of the model shipped with the package
-            m = dataclasses.replace(m, init_from=DEFAULT_MODEL)
+        m = cfg.model  # a shipped model's name (init_from=default: fine-tune its VAE) is a folder by now
         if m.init_from and weights:
             vae_cfg, self.loaded[("vae",)] = load_vae(m.init_from, mesh=mesh)
         elif m.init_from:
