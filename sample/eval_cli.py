@@ -178,7 +178,8 @@ def geneval(args) -> dict:
         path = save_png(os.path.join(args.out, f"geneval_{name}.png"), evaluate.verdict_grid(rep))
         print(f"wrote {path}", flush=True)
         per_image = None if rep.run_seconds is None else rep.run_seconds / len(rep.specs)
-        figures["generation"][name] = dict(rep.scores, seconds=rep.seconds, seconds_per_image=per_image, sampler=kw)
+        figures["generation"][name] = dict(rep.scores, seconds=rep.seconds, seconds_per_image=per_image, sampler=kw,
+                                           extra_objects_allowed=rep.lenient)  # fmt: skip
     if not args.skip_understanding:
         urep = evaluate.evaluate_understanding(model, specs)
         print(evaluate.format_understanding(urep), flush=True)

@@ -20,8 +20,8 @@ class _Oracle:
 
     family = "oracle"
 
-    def __init__(self, wrong_count=False):
-        self.wrong_count = wrong_count
+    def __init__(self, wrong_count=False, extra_object=False):
+        self.wrong_count, self.extra_object = wrong_count, extra_object
         self._answers = {}
         for s in evaluate.prompt_specs():
             seed = evaluate.heldout_seed(s)
@@ -36,6 +36,10 @@ class _Oracle:
             if self.wrong_count and spec.kind == "counting":  # one object fewer (or one more for a single)
                 o = spec.objects[0]
                 spec = world.Spec("counting", (world.Obj(o.shape, o.colour, o.count - 1 if o.count > 1 else 2),))
+            if self.extra_object and spec.kind == "single_object":  # the object and one of another shape
+                other = next(s for s in world.SHAPES if s != spec.objects[0].shape)
+                spec = world.Spec("two_objects", tuple(sorted((spec.objects[0], world.Obj(other)),
+                                                              key=lambda o: world.SHAPES.index(o.shape))))  # fmt: skip
             out.append(world.render(spec, seed * 1000 + i))
         return np.stack(out)
 
@@ -63,6 +67,11 @@ def test_oracle_scores_one_and_a_wrong_count_scores_zero_on_counting():
     bad = evaluate.evaluate_generation(_Oracle(wrong_count=True), specs, seed=1)
     assert bad.scores["counting"] == 0.0 and bad.scores["colors"] == 1.0
     assert bad.scores["overall"] == pytest.approx(5 / 6)
+    assert rep.lenient == rep.scores and bad.lenient == bad.scores  # GenEval's rule: the count is exact too
+    # an extra object of another shape fails the strict judge only
+    extra = evaluate.evaluate_generation(_Oracle(extra_object=True), specs, seed=1)
+    assert extra.scores["single_object"] == 0.0 and extra.lenient["single_object"] == 1.0
+    assert extra.lenient == {**dict.fromkeys(world.KINDS, 1.0), "overall": 1.0}
     # the report's verdicts are the judge's, image by image
     assert bad.verdicts == [judge.judge(img, s) for img, s in zip(bad.images, bad.specs)]
     # the grid: one row per kind, framed green / red as judged
@@ -102,6 +111,8 @@ def test_cli_on_both_families(fixture, samplers, tmp_path, capsys):
     fig = json.loads(js.read_text())
     name = samplers[0].replace(":", "_")
     assert set(fig["generation"][name]) >= {*world.KINDS, "overall"}
+    assert set(fig["generation"][name]["extra_objects_allowed"]) == {*world.KINDS, "overall"}
+    assert "extra objects allowed" in text
     assert all(0.0 <= fig["generation"][name][k] <= 1.0 for k in world.KINDS)
     g = fig["generation"][name]  # the warm time per image: the run time of the programs, not their compiles
     assert 0.0 < g["seconds_per_image"] * fig["prompts"] * fig["images_per_prompt"] < g["seconds"]
