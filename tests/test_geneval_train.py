@@ -1,9 +1,12 @@
 """The GenEval-world presets of both families end to end on a tiny slice (what trains the shipped models,
 scaled down in steps and batch only): JanusFlow's VAE fine-tune then stages 1, 2 and 3, and Janus's VQ
 tokenizer from scratch then its stages 1, 2 and 3, each stage starting from the previous one's export.
-Every stage's loss falls (the VAE stage excepted: it fine-tunes the shipped VAE, whose reconstruction
-loss changes less in a dozen steps than from one batch to the next; it must move the weights and feed
-stage 1), the VQ reports its codebook usage, and each family's result loads, draws and answers.
+The tokenizer's and stage 1's loss falls within the stage; stages 2 and 3 start from the previous
+export and see its batches step for step, and on them beat the previous stage (overall and on
+understanding) — within a dozen steps at batch 4 + 4 a stage's loss moves less than from one batch to
+the next once the model starts trained (the debiased EMA export is the previous stage's average). The
+VAE stage (a fine-tune of the shipped VAE) must move the weights and feed stage 1. The VQ reports its
+codebook usage, and each family's result loads, draws and answers.
 
 Both chains run in one one-device process (`train.cli.main` per stage: one start-up, the GenEval data
 prepared once), and the shapes-world presets are parsed, not run (same architectures and stages). The presets' warm-ups are shortened so that a few steps see a
@@ -54,6 +57,7 @@ CHAINS = {  # family → [(preset, steps, overrides)]: the tokenizer stage, then
 
 
 def _falls(history: list[dict], key: str, n: int = 4) -> tuple[float, float]:
+    """The mean of `key` over the first n and the last n steps."""
     return float(np.mean([h[key] for h in history[:n]])), float(np.mean([h[key] for h in history[-n:]]))
 
 
@@ -96,23 +100,24 @@ def test_every_preset_parses():
 @pytest.mark.parametrize("family", ["janusflow", "janus"])
 def test_presets_train_and_the_result_draws_and_answers(family, chains):
     outs = chains[family]
+    prev = None
     for preset, steps, out in outs:
         with open(out / "metrics.jsonl") as f:
             history = [json.loads(line) for line in f]
         assert [h["step"] for h in history] == list(range(1, steps + 1)), preset
         assert all(np.isfinite(h["loss"]) for h in history), preset
-        if preset.endswith("vae.yaml"):
-            continue
-        first, last = _falls(history, "loss")
-        # from scratch (the tokenizer, stage 1) the loss falls by far more than a batch's noise; stages 2
-        # and 3 continue at a lower learning rate, where a dozen steps show the trend and understanding
-        # (which learns fastest) falling
         if preset.endswith(("vq.yaml", "stage1.yaml")):
+            # from scratch (the tokenizer, stage 1) the loss falls by far more than a batch's noise
+            first, last = _falls(history, "loss")
             assert last < first - 0.05 * abs(first), (preset, first, last)
-        assert last < first, (preset, first, last)
-        if "stage" in preset:
-            u_first, u_last = _falls(history, "und")
-            assert u_last < u_first, (preset, u_first, u_last)
+        elif not preset.endswith("vae.yaml"):
+            # stages 2 and 3 start from the previous stage's export and see the same batches step for step
+            # (same data stream and mix), so batch difficulty cancels: on every step's batch together their
+            # models (trained further) beat the previous stage's, overall and on understanding
+            for key in ("loss", "und"):
+                now, before = np.mean([h[key] for h in history]), np.mean([h[key] for h in prev])
+                assert now < before, (preset, key, before, now)
+        prev = history
     if family == "janus":
         with open(outs[0][2] / "metrics.jsonl") as f:
             assert all(0 < h["usage"] <= 1 for h in map(json.loads, f))
