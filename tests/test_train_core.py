@@ -112,7 +112,8 @@ def test_ema_is_the_debiased_average_of_the_run_s_weights():
     for t in range(1, n + 1):
         ema = ema_update(ema, {"w": jnp.asarray(ps[t])}, decay, jnp.int32(t))
         w = decay ** (t - np.arange(1, t + 1))
-        np.testing.assert_allclose(np.asarray(ema["w"]), (w[:, None] * ps[1 : t + 1]).sum(0) / w.sum(), rtol=2e-5, atol=1e-5)
+        want = (w[:, None] * ps[1 : t + 1]).sum(0) / w.sum()
+        np.testing.assert_allclose(np.asarray(ema["w"]), want, rtol=2e-5, atol=1e-5)
     assert ema_update(ema, {"w": jnp.asarray(ps[1])}, None, 1) is ema  # no decay: no EMA
     big = ema_update({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}, 0.9, jnp.int32(10_000))  # d_t -> decay
     np.testing.assert_allclose(np.asarray(big["w"]), 0.1, rtol=1e-5)

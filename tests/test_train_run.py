@@ -110,7 +110,7 @@ def _check_reference_run(task, out, stderr, steps):
 # task takes one of the two kills — JanusFlow mid-run between saves, Janus right after a save started —
 # and the checkpoints a resume may find: the newest whose async write had finished (step 4's may still be
 # in flight after step 5; step 6's right after its save started)
-KILLS = {"janusflow": ("after_step:5", (2, 4)), "janus": ("after_save:6", (4, 6))}
+KILLS = {"janusflow": ("after_step", 5, (2, 4)), "janus": ("after_save", 6, (4, 6))}
 
 
 @pytest.mark.slow
@@ -129,12 +129,12 @@ def test_sigkill_mid_run_or_during_a_save_then_resume_matches_uninterrupted(data
     r = _train(root, common, f"run.out_dir={ref}", *steps, "run.sample_prompts=[a red square]", "run.sample_steps=3")
     assert r.returncode == 0, r.stderr[-3000:]
     _check_reference_run(task, ref, r.stderr, n)
-    fault, resumable = KILLS[task]
+    fault, kill_step, resumable = KILLS[task]
     out = root / f"killed-{task}"
-    r = _train(root, common, f"run.out_dir={out}", *steps, env={"JANUSFLOW_TRAIN_FAULT": fault})
+    r = _train(root, common, f"run.out_dir={out}", *steps, env={"JANUSFLOW_TRAIN_FAULT": f"{fault}:{kill_step}"})
     assert r.returncode == -9, (r.returncode, r.stderr[-2000:])  # SIGKILLed
     assert not (out / "export").exists()
-    assert [h["step"] for h in _metrics(out)] == list(range(1, int(fault.split(":")[1]) + 1))
+    assert [h["step"] for h in _metrics(out)] == list(range(1, kill_step + 1))
     r = _train(root, common, f"run.out_dir={out}", *steps)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stderr and _resumed_step(r.stderr) in resumable, r.stderr[-2000:]

@@ -161,7 +161,8 @@ def format_generation(rep: GenerationReport, label: str) -> str:
     line = f"{label:<30}" + "".join(f"{rep.scores[c]:>14.3f}" for c in cols)
     n = len(rep.specs)
     warm = f", {rep.run_seconds / n:.3f} s/image compiles excluded" if rep.run_seconds is not None and n else ""
-    out = f"{head}\n{line}   ({n // rep.images_per_prompt} prompts × {rep.images_per_prompt}, {rep.seconds:.1f}s{warm})"
+    count = f"{n // rep.images_per_prompt} prompts × {rep.images_per_prompt}"
+    out = f"{head}\n{line}   ({count}, {rep.seconds:.1f}s{warm})"
     if rep.lenient:
         out += "\n" + f"{'  extra objects allowed':<30}" + "".join(f"{rep.lenient[c]:>14.3f}" for c in cols)
     return out

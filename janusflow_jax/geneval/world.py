@@ -103,6 +103,7 @@ RELATION_DISTANCE = 24  # position prompts: the least centre distance along the 
 RELATION_OFFSET = 8  # position prompts: the most centre distance across it
 CENTRE_RANGE = (BOX // 2 + MARGIN, IMAGE_SIZE - BOX // 2 - MARGIN)  # (16, 48), inclusive
 GRID_CENTRES = tuple(range(CENTRE_RANGE[0], CENTRE_RANGE[1] + 1, GRID))  # (16, 24, 32, 40, 48)
+_CELLS = [(x, y) for x in GRID_CENTRES for y in GRID_CENTRES]  # every box centre a layout may use
 MAX_TRIES = 1000  # layout restarts (a 4-object layout placed object by object restarts rarely)
 
 TRAIN_SEED = shapes_world.TRAIN_SEED  # the shapes world's split seeds and splits (and its record-seed rule)
@@ -404,8 +405,7 @@ def _separated(xy: list[tuple[int, int]]) -> bool:
 
 
 def _centres(rng: np.random.Generator, spec: Spec) -> list[tuple[int, int]]:
-    grid = np.array(GRID_CENTRES)
-    cells = [(int(x), int(y)) for x in grid for y in grid]
+    grid = GRID_CENTRES
     for _ in range(MAX_TRIES):
         if spec.kind == "position":
             axis = RELATIONS.index(spec.relation) // 2  # 0: x, 1: y
@@ -420,7 +420,7 @@ def _centres(rng: np.random.Generator, spec: Spec) -> list[tuple[int, int]]:
             return [pa, pb]
         xy: list[tuple[int, int]] = []  # object by object, each uniform over the cells clear of the others
         for _ in range(spec.n_objects):
-            free = [c for c in cells if _separated(xy + [c])]
+            free = [c for c in _CELLS if _separated(xy + [c])]
             if not free:
                 break
             xy.append(free[int(rng.integers(len(free)))])

@@ -59,7 +59,8 @@ def ema_update(ema: dict, params: dict, decay: float | None, t) -> dict:
     t = jnp.asarray(t, jnp.float32)
     log_d = jnp.log(jnp.float32(decay))
     d = decay * jnp.expm1((t - 1.0) * log_d) / jnp.expm1(t * log_d)  # (1 - decay^(t-1)) / (1 - decay^t), exact near 1
-    return {k: (d * v.astype(jnp.float32) + (1.0 - d) * flat[k].astype(jnp.float32)).astype(v.dtype) for k, v in ema.items()}
+    f32 = jnp.float32
+    return {k: (d * v.astype(f32) + (1.0 - d) * flat[k].astype(f32)).astype(v.dtype) for k, v in ema.items()}
 
 
 def train_step(
