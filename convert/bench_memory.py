@@ -151,6 +151,16 @@ def write_folder(out: pathlib.Path, config: dict, tensors, *, layout: str, token
     for f in TOKENIZER_FILES:
         if (pathlib.Path(tokenizer_dir) / f).is_file():
             shutil.copy(pathlib.Path(tokenizer_dir) / f, out / f)
+    # The tiny fixture's processor files, with the real model's image size and placeholder count
+    # (SigLIP-L/16 at 384 px: 24 × 24 = 576 image tokens).
+    vision = (config.get("vision_config") or config.get("vision_und_enc_config") or {}).get("params", {})
+    size = int(vision.get("image_size", 384))
+    for f, field, value in (("preprocessor_config.json", "image_size", size),
+                            ("processor_config.json", "num_image_tokens", (size // 16) ** 2)):  # fmt: skip
+        if (out / f).is_file():
+            d = json.loads((out / f).read_text())
+            d[field] = value
+            (out / f).write_text(json.dumps(d, indent=2))
     if layout == "safetensors":
         return write_safetensors(out / "model.safetensors", tensors, seed)
     shards, total, wmap = _halves(tensors), 0, {}

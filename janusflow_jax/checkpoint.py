@@ -110,14 +110,25 @@ def save_params(
     extra_files: dict[str, str] | None = None,
     overwrite: bool = False,
 ) -> str:
-    """Write `params` (nested dict of arrays) + metadata (+ files to copy) atomically to `dest`."""
-    with atomic_dir(dest, overwrite=overwrite) as tmp:
-        _orbax_save(os.path.join(tmp, "params"), _stringify(params))
-        for name, src in (extra_files or {}).items():
-            shutil.copyfile(src, os.path.join(tmp, name))
-        meta = dict(metadata, format=FORMAT)
-        with open(os.path.join(tmp, METADATA), "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
+    """Write `params` (nested dict of host arrays, whole) + metadata (+ files to copy) atomically to `dest`.
+
+    In a multi-process run every process calls it with the same (gathered) tree: process 0 writes, the
+    others wait at a barrier until the folder is complete, so no process reads or moves on early."""
+    import jax
+
+    multi = jax.process_count() > 1
+    if not multi or jax.process_index() == 0:
+        with atomic_dir(dest, overwrite=overwrite) as tmp:
+            _orbax_save(os.path.join(tmp, "params"), _stringify(params), only_this_process=multi)
+            for name, src in (extra_files or {}).items():
+                shutil.copyfile(src, os.path.join(tmp, name))
+            meta = dict(metadata, format=FORMAT)
+            with open(os.path.join(tmp, METADATA), "w") as f:
+                json.dump(meta, f, indent=2, sort_keys=True)
+    if multi:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"janusflow-jax save_params {os.path.abspath(dest)}")
     return dest
 
 
@@ -378,11 +389,18 @@ def _default_handlers():
     return type_handler_registry._DEFAULT_TYPE_HANDLERS  # noqa: SLF001 -- the stock (type, handler) pairs
 
 
-def _orbax_save(directory: str, tree: dict) -> None:
-    """A blocking params-only Orbax save (the layout `StandardCheckpointer` reads) through `_host_handler`."""
+def _orbax_save(directory: str, tree: dict, *, only_this_process: bool = False) -> None:
+    """A blocking params-only Orbax save (the layout `StandardCheckpointer` reads) through `_host_handler`.
+    `only_this_process`: in a multi-process run, this process writes alone (Orbax's barriers over it only)."""
+    import jax
     import orbax.checkpoint as ocp
 
-    ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=_host_handler()))
+    mp = ocp.options.MultiprocessingOptions()
+    if only_this_process:
+        me = jax.process_index()
+        mp = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    handler = ocp.PyTreeCheckpointHandler(type_handler_registry=_host_handler(), multiprocessing_options=mp)
+    ckptr = ocp.Checkpointer(handler, multiprocessing_options=mp)
     try:
         ckptr.save(directory, args=ocp.args.PyTreeSave(tree))
     finally:

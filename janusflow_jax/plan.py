@@ -518,12 +518,24 @@ def compile_plan(
     t0 = time.perf_counter()
     shape = {k: int(v) for k, v in mesh.shape.items()}
     hbm = target.hbm_gib * GIB
+    notes = []
     try:
-        compiled = lower().compile()
+        lowered = lower()
+        try:
+            compiled = lowered.compile()
+        except Exception as e:
+            # XLA:GPU's Triton GEMM tiler rejects some dot shapes (seen: Janus-Pro-7B's 703-token rows,
+            # "Couldn't find output tile sizes that satisfy hlo"); those GEMMs then go to cuBLAS.
+            if target.platform != "cuda" or "tile sizes" not in str(e):
+                raise
+            compiled = lowered.compile(compiler_options={"xla_gpu_enable_triton_gemm": False})
+            notes.append("compiled with xla_gpu_enable_triton_gemm=false: with XLA's defaults the Triton GEMM "
+                         f"tiler fails on this program ({str(e).strip().splitlines()[0][:160]})")  # fmt: skip
     except Exception as e:  # jax.errors.JaxRuntimeError (XlaRuntimeError) carries the compiler status
         msg = str(e)
         if "RESOURCE_EXHAUSTED" not in msg and "Ran out of memory" not in msg:
-            raise
+            first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+            raise PlanError(f"{what} on {target.name}: the compiler failed: {first[:300]}") from None
         need = None
         for rx in _OOM_RES:
             m = rx.search(msg)
@@ -569,6 +581,7 @@ def compile_plan(
         compile_s=time.perf_counter() - t0,
         hlo_text_size=len(text),
     )
+    p.notes += notes
     if not p.fits:
         p.error = f"compiled, but {b['total'] / GIB:.2f} GiB per device exceeds the {target.hbm_gib:g} GiB HBM"
     return p

@@ -7,6 +7,7 @@ Mesh axes are ("data", "fsdp", "tensor"). Every parameter names its logical axes
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -135,7 +136,59 @@ def _gather(x: jax.Array, spec: P) -> jax.Array:
     return x
 
 
-def data_parallel(fn: Callable[..., Any], param_specs: Sequence[Any]) -> Callable[..., Any]:
+# The manual batch axes over which the scan bodies of stacked layers (nn/llama.py, nn/siglip.py) gather
+# their layer's parameters, set by `data_parallel` while it traces `fn`; () = gathered up front.
+_LAYERWISE: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("layerwise_gather", default=())
+
+
+def _stacked(names) -> bool:
+    return bool(names) and names[0] == "layers"
+
+
+def layerwise_leaves(graphdef: nnx.GraphDef, params: dict, mesh) -> dict | None:
+    """Which leaves of the pure-dict `params` a scan body gathers one layer at a time (True): those
+    stacked on a leading "layers" axis. None (gather everything up front) when one of them is split over
+    the batch axes other than its logical rule says (a dimension `spec_for_shape` left replicated
+    because the mesh does not divide it): a scan body knows a layer's split from its names alone."""
+    if mesh.empty:
+        return None
+    _, st = nnx.split(nnx.merge(graphdef, params), nnx.Param)
+
+    def one(v):
+        names = v.get_metadata().get("out_sharding")
+        if not _stacked(names):
+            return False
+        exact = _keep_axes(spec_for_shape(names, v.shape, mesh), BATCH_AXES) == _keep_axes(
+            logical_to_spec(names), BATCH_AXES
+        )
+        return True if exact else None
+
+    flags = jax.tree.map(one, st, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    pure = nnx.to_pure_dict(flags)
+    leaves = jax.tree.leaves(pure, is_leaf=lambda x: x is None)
+    return None if any(x is None for x in leaves) else pure
+
+
+def gather_layer(state):
+    """Inside a scan over stacked layers: this layer's parameters whole over the manual batch axes,
+    when `data_parallel` left them split (one layer's all-gather at a time, its transpose a
+    reduce-scatter of that layer's gradients) — otherwise `state` itself."""
+    manual = _LAYERWISE.get()
+    if not manual:
+        return state
+
+    def one(v):
+        names = v.get_metadata().get("out_sharding") if isinstance(v, nnx.Variable) else None
+        if not _stacked(names):
+            return v
+        return v.replace(_gather(v.get_value(), _keep_axes(logical_to_spec(names[1:]), manual)))
+
+    return jax.tree.map(one, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+def data_parallel(
+    fn: Callable[..., Any], param_specs: Sequence[Any], layerwise: Sequence[Any] | None = None
+) -> Callable[..., Any]:
     """`fn(*params, *batches)` with the batch axes ("data", "fsdp") manual, its outputs summed over them.
 
     `fn` returns SUMS over the rows it is given (a pytree of scalars). The first `len(param_specs)`
@@ -143,7 +196,12 @@ def data_parallel(fn: Callable[..., Any], param_specs: Sequence[Any]) -> Callabl
     fsdp-split parameters (tiled all-gather; its transpose reduce-scatters the gradients, and the
     sum over `data` comes from the parameters being the same on every data shard). The remaining
     arguments are batch pytrees whose rows are split over ("data", "fsdp"). The `tensor` axis stays
-    automatic. Parameters are thus gathered once per call rather than layer by layer.
+    automatic.
+
+    `layerwise` (one tree of bools per parameter tree, from `layerwise_leaves`): the leaves marked True
+    are not gathered here but by their scan body (`gather_layer`), one layer at a time, so a step holds
+    one layer's gathered weights and gradients instead of the whole model's (ZeRO-3; with remat the
+    backward pass gathers each layer again). Everything else is gathered once per call.
 
     Why not leave the batch axes to XLA's partitioner: with the batch on ("data", "fsdp") and
     tensor > 1, XLA (jax 0.9 and 0.10, Shardy and GSPMD alike) computes wrong gradients for
@@ -159,10 +217,21 @@ def data_parallel(fn: Callable[..., Any], param_specs: Sequence[Any]) -> Callabl
         return fn
     n = len(param_specs)
     local = [jax.tree.map(lambda sp: _keep_axes(sp, manual), t, is_leaf=_is_spec) for t in param_specs]
+    defer = list(layerwise) if layerwise is not None else [jax.tree.map(lambda _: False, t, is_leaf=_is_spec) for t in local]
+    if len(defer) != n:
+        raise ValueError(f"layerwise has {len(defer)} trees for {n} parameter trees")
 
     def inner(*args):
-        params = [jax.tree.map(lambda sp, x: _gather(x, sp), t, a, is_leaf=_is_spec) for t, a in zip(local, args[:n])]
-        return jax.tree.map(lambda v: jax.lax.psum(v, manual), fn(*params, *args[n:]))
+        params = [
+            jax.tree.map(lambda sp, x, d: x if d else _gather(x, sp), t, a, f, is_leaf=_is_spec)
+            for t, a, f in zip(local, args[:n], defer)
+        ]
+        token = _LAYERWISE.set(manual if layerwise is not None else ())
+        try:
+            out = fn(*params, *args[n:])
+        finally:
+            _LAYERWISE.reset(token)
+        return jax.tree.map(lambda v: jax.lax.psum(v, manual), out)
 
     def call(*args):
         specs = tuple(local) + (P(manual),) * (len(args) - n)

@@ -72,6 +72,7 @@ def _train(root, common, *overrides, devices=1, env=None, timeout=600):
 
 def _final_params(out_dir):
     from janusflow_jax import checkpoint
+    from janusflow_jax.training.state import flat_params
 
     tree = checkpoint.restore_params(os.path.join(out_dir, "export"))
     from janusflow_jax.weights import flatten_params
@@ -252,3 +253,14 @@ def test_two_processes_equal_one_process(data):
     assert [h["step"] for h in a] == [h["step"] for h in b] == [1, 2, 3]
     for k in ("loss", "gen", "text", "grad_norm"):
         np.testing.assert_allclose([h[k] for h in b], [h[k] for h in a], rtol=1e-5, err_msg=k)
+    # The export of a multi-process run: every process gathers, process 0 writes; the same weights.
+    from janusflow_jax import checkpoint
+    from janusflow_jax.training.state import flat_params
+
+    assert checkpoint.read_metadata(str(two / "export"))["trained_steps"] == 3
+    ea, eb = checkpoint.restore_params(str(one / "export")), checkpoint.restore_params(str(two / "export"))
+    fa, fb = flat_params(ea), flat_params(eb)
+    assert fa.keys() == fb.keys() and len(fa) > 10
+    for k in fa:
+        np.testing.assert_allclose(np.asarray(fb[k]), np.asarray(fa[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+    assert not [p.name for p in two.iterdir() if ".partial-" in p.name]

@@ -1,16 +1,15 @@
-"""The README's "Plans on pods" table: ahead-of-time compiles of JanusFlow-1.3B (stages 2 and 3) and
-of the generation programs (JanusFlow-1.3B, Janus-Pro-7B) for pod targets, on this CPU machine.
+"""The README's "Plans on pods" table: ahead-of-time compiles of the real train steps of JanusFlow-1.3B
+and Janus-Pro-7B (stages 2 and 3) and of their generation programs for pod targets, on this CPU machine.
 
-    python train/plan_table.py [--out runs/plan_table] [--budget 3600] [--only v5e-8,8xH100]
+    python train/plan_table.py [--out runs/plan_table] [--budget 7200] [--only v5e-8,8xH100] [--models janus-pro-7b]
 
-Per target one mesh and remat policy (below, chosen for the chip's HBM: every mesh here keeps the
-fp32 master weights, Adam moments and EMA fsdp-sharded; where the whole-parameter gather of
-`sharding.data_parallel` does not fit a 16/32 GiB chip, tensor parallelism splits it). The batch
-per device is fitted, not guessed: two compiles (8 and 16 rows per device, in the stage's mix)
-give the per-device bytes as a line in the batch (the compiler reports its need even when it
-refuses a program), the largest batch under the HBM is compiled, and stepped down until it fits.
+Per (model, stage, target) one mesh and remat policy (the configs' fsdp layout over every chip, remat
+full) and a descending list of batches per device: each is compiled in turn until one fits, so the row
+is the largest of those tried that fits (powers of two, the first guess from the chip's HBM and the
+v5e-8 measurement of JanusFlow-1.3B: 3.5 GiB of state + ~1.2 GiB per row). A state that cannot fit
+(parameters + Adam + EMA per chip over the HBM) is reported from the hand count without compiling.
 Every row is one command (`janusflow-train ... --plan ...`), printed with it. Results go to
-OUT/results.jsonl and OUT/table.md as they come.
+OUT/results.jsonl as they come.
 """
 
 from __future__ import annotations
@@ -22,21 +21,35 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-TRAIN_ROWS = [  # target, mesh, remat (the configs' own fsdp layout over every chip)
-    ("8xH100", {"data": 1, "fsdp": 8, "tensor": 1}, "full"),
-    ("v6e-8", {"data": 1, "fsdp": 8, "tensor": 1}, "full"),
-    ("v5p-128", {"data": 1, "fsdp": 64, "tensor": 1}, "full"),
-    ("v5e-8", {"data": 1, "fsdp": 8, "tensor": 1}, "full"),
-    ("v5e-256", {"data": 1, "fsdp": 256, "tensor": 1}, "full"),
+CONFIGS = {"janusflow-1.3b": "train/configs/stage{stage}.yaml", "janus-pro-7b": "train/configs/janus-pro/stage{stage}.yaml"}
+FSDP = lambda n: {"data": 1, "fsdp": n, "tensor": 1}  # noqa: E731
+TRAIN_ROWS = [  # preset, target, mesh, remat, batches per device to try (largest first)
+    ("janusflow-1.3b", "8xH100", FSDP(8), "full", (32, 16, 8)),
+    ("janusflow-1.3b", "v6e-8", FSDP(8), "full", (16, 8, 4)),
+    ("janusflow-1.3b", "v5p-128", FSDP(64), "full", (32, 16, 8)),
+    ("janusflow-1.3b", "v5e-8", FSDP(8), "full", (8, 4, 2)),
+    ("janusflow-1.3b", "v5e-256", FSDP(256), "full", (8, 4, 2)),
+    ("janus-pro-7b", "8xH100", FSDP(8), "full", (8, 4)),  # ≥ 3 rows: the mix has 3 kinds
+    ("janus-pro-7b", "v6e-8", FSDP(8), "full", (4, 3)),
+    ("janus-pro-7b", "v5p-128", FSDP(64), "full", (16, 8, 4)),
+    ("janus-pro-7b", "v5e-8", FSDP(8), "full", (3,)),
+    ("janus-pro-7b", "v5e-256", FSDP(256), "full", (8, 4, 3)),
 ]
-SAMPLE_ROWS = [  # target, preset, mesh
-    ("v5e-8", "janusflow-1.3b", {"data": -1, "fsdp": 1, "tensor": 1}),
-    ("8xH100", "janus-pro-7b", {"data": -1, "fsdp": 1, "tensor": 1}),
-    ("8xH100", "janusflow-1.3b", {"data": -1, "fsdp": 1, "tensor": 1}),
-    ("v5e-8", "janus-pro-7b", {"data": 2, "fsdp": 1, "tensor": 4}),
+SAMPLE_ROWS = [  # target, preset, mesh, batches per device to try (largest first)
+    ("8xH100", "janusflow-1.3b", {"data": -1, "fsdp": 1, "tensor": 1}, (64, 16)),
+    ("v6e-8", "janusflow-1.3b", {"data": -1, "fsdp": 1, "tensor": 1}, (32, 8)),
+    ("v5p-128", "janusflow-1.3b", {"data": -1, "fsdp": 1, "tensor": 1}, (64, 16)),
+    ("v5e-8", "janusflow-1.3b", {"data": -1, "fsdp": 1, "tensor": 1}, (16, 4)),
+    ("v5e-256", "janusflow-1.3b", {"data": -1, "fsdp": 1, "tensor": 1}, (16, 4)),
+    ("8xH100", "janus-pro-7b", {"data": -1, "fsdp": 1, "tensor": 1}, (16, 4)),
+    ("v6e-8", "janus-pro-7b", {"data": -1, "fsdp": 1, "tensor": 2}, (4, 1)),
+    ("v5p-128", "janus-pro-7b", {"data": -1, "fsdp": 1, "tensor": 1}, (16, 4)),
+    ("v5e-8", "janus-pro-7b", {"data": 2, "fsdp": 1, "tensor": 4}, (4, 1)),
+    ("v5e-256", "janus-pro-7b", {"data": -1, "fsdp": 1, "tensor": 4}, (4, 1)),
 ]
 
 
@@ -44,62 +57,43 @@ def mesh_arg(mesh: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in mesh.items())
 
 
-def train_cmd(stage: str, target: str, mesh: dict, remat: str, b: int) -> str:
+def train_cmd(preset: str, stage: str, target: str, mesh: dict, remat: str, b: int) -> str:
     ov = " ".join(f"mesh.{k}={v}" for k, v in mesh.items())
-    return (f"janusflow-train --config train/configs/stage{stage}.yaml --plan --target {target} "
-            f"model.preset=janusflow-1.3b model.remat={remat} {ov} --batch-per-device {b}")  # fmt: skip
+    return (f"janusflow-train --config {CONFIGS[preset].format(stage=stage)} --plan --target {target} "
+            f"model.preset={preset} model.remat={remat} {ov} --batch-per-device {b}")  # fmt: skip
 
 
-def fit_batch(make, hbm: float, lo: int, hi: int, log) -> tuple:
-    """Largest batch per device that fits: compile lo and hi, extrapolate linearly, verify."""
-    tried = {}
+def fit_descending(make, batches, log) -> tuple:
+    """Compile each batch per device in `batches` (largest first) until one fits."""
+    from janusflow_jax.plan import PlanError
 
-    def run(b):
-        if b not in tried:
-            t = time.perf_counter()
-            tried[b] = make(b)
-            p = tried[b]
-            log(f"  batch {b}: {'fits' if p.fits else 'does not fit'} {p.used_gib:.2f} GiB "
-                f"MFU {100 * p.mfu:.1f}% ({time.perf_counter() - t:.0f}s)")  # fmt: skip
-        return tried[b]
-
-    a, b_ = run(lo), run(hi)
-    slope = (b_.bytes["total"] - a.bytes["total"]) / (hi - lo)
-    if slope <= 0:
-        guess = hi
-    else:
-        guess = lo + int((0.97 * hbm - a.bytes["total"]) / slope)
-    guess = max(1, min(guess, 512))
-    for _ in range(3):
-        if guess in tried and tried[guess].fits:
-            break
-        p = run(guess)
+    tried = []
+    for b in batches:
+        t = time.perf_counter()
+        try:
+            p = make(b)
+        except PlanError as e:  # e.g. a compiler failure: the row says so, the table goes on
+            log(f"  batch {b}: {e}")
+            return None, tried + [str(e)]
+        tried.append(p)
+        log(f"  batch {b}: {'fits' if p.fits else 'does not fit'} {p.used_gib:.2f} GiB MFU {100 * p.mfu:.1f}% "
+            f"({time.perf_counter() - t:.0f}s)")  # fmt: skip
         if p.fits:
-            break
-        guess = max(1, int(guess * 0.85))
-    ok = [p for p in tried.values() if p.fits]
-    best = max(ok, key=lambda p: p.settings["batch_per_device"]) if ok else None
-    return best, list(tried.values())
-
-
-def fit_one(make, b: int, log) -> tuple:
-    """One compile at batch `b` (what the README's measured rows are)."""
-    t = time.perf_counter()
-    p = make(b)
-    log(f"  batch {b}: {'fits' if p.fits else 'does not fit'} {p.used_gib:.2f} GiB MFU {100 * p.mfu:.1f}% "
-        f"({time.perf_counter() - t:.0f}s)")  # fmt: skip
-    return (p if p.fits else None), [p]
+            return p, tried
+    return None, tried
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/plan_table")
-    ap.add_argument("--budget", type=float, default=3600.0, help="seconds; rows not reached are listed as such")
+    ap.add_argument("--budget", type=float, default=7200.0, help="seconds; rows not reached are listed as such")
     ap.add_argument("--only", default=None, help="comma-separated targets")
+    ap.add_argument("--skip-targets", default=None, help="comma-separated targets not to run")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-sample", action="store_true")
     ap.add_argument("--batch", type=int, default=None, help="compile this one batch per device (no fitting)")
     ap.add_argument("--stages", default="2,3")
+    ap.add_argument("--models", default=None, help="comma-separated presets (janusflow-1.3b, janus-pro-7b)")
     args = ap.parse_args(argv)
 
     from janusflow_jax import plan
@@ -108,6 +102,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     res_path = os.path.join(args.out, "results.jsonl")
     only = set(args.only.split(",")) if args.only else None
+    skip = set(args.skip_targets.split(",")) if args.skip_targets else set()
     t0 = time.perf_counter()
 
     def log(m):
@@ -120,41 +115,45 @@ def main(argv=None) -> int:
     def over():
         return time.perf_counter() - t0 > args.budget
 
+    models = set(args.models.split(",")) if args.models else None
     if not args.skip_train:
-        for target, mesh, remat in TRAIN_ROWS:
-            if only and target not in only:
+        for preset, target, mesh, remat, batches in TRAIN_ROWS:
+            if (only and target not in only) or target in skip or (models and preset not in models):
                 continue
+            tg = plan.get_target(target)
             for stage in args.stages.split(","):
+                base = {"kind": "train", "preset": preset, "target": target, "stage": stage, "mesh": mesh, "remat": remat}
                 if over():
-                    write({"kind": "train", "target": target, "stage": stage, "skipped": "time budget"})
+                    write(dict(base, skipped="time budget"))
                     continue
-                cfg = load_config(f"{HERE}/configs/stage{stage}.yaml",
-                                  ["model.preset=janusflow-1.3b", f"model.remat={remat}"], validate=False)  # fmt: skip
-                tg = plan.get_target(target)
-                log(f"train stage {stage} on {target} mesh {mesh} remat {remat}")
+                cfg = load_config(os.path.join(REPO, CONFIGS[preset].format(stage=stage)),
+                                  [f"model.preset={preset}", f"model.remat={remat}"], validate=False)  # fmt: skip
+                log(f"train {preset} stage {stage} on {target} mesh {mesh} remat {remat}")
 
                 def make(b, cfg=cfg, tg=tg, mesh=mesh, remat=remat):
                     return plan.train_plan(cfg, tg, mesh=mesh, remat=remat, batch_per_device=b)
 
-                best, tried = (
-                    fit_one(make, args.batch, log) if args.batch else fit_batch(make, tg.hbm_gib * plan.GIB, 8, 16, log)
-                )
-                rec = {"kind": "train", "target": target, "stage": stage, "mesh": mesh, "remat": remat,
-                       "tried": [(p.settings["batch_per_device"], p.fits, round(p.used_gib, 2)) for p in tried]}  # fmt: skip
+                best, tried = fit_descending(make, (args.batch,) if args.batch else batches, log)
+                errors = [p for p in tried if isinstance(p, str)]
+                tried = [p for p in tried if not isinstance(p, str)]
+                rec = dict(base, tried=[(p.settings["batch_per_device"], p.fits, round(p.used_gib, 2), round(p.compile_s))
+                                        for p in tried], errors=errors)  # fmt: skip
                 if tried and best is None:
-                    rec.update(gib=round(tried[-1].used_gib, 2), hbm=tg.hbm_gib, error=tried[-1].error)
+                    rec.update(gib=round(tried[-1].used_gib, 2), hbm=tg.hbm_gib, error=tried[-1].error,
+                               state_gib=round(sum(tried[-1].bytes.get(k, 0) for k in ("params", "opt_state", "ema"))
+                                               / plan.GIB, 2))  # fmt: skip
                 if best is not None:
                     b = best.settings["batch_per_device"]
                     rec.update(batch_per_device=b, rows=best.settings["rows_per_device"],
                                global_batch=best.settings["global_batch"], gib=round(best.used_gib, 2),
                                hbm=tg.hbm_gib, mfu=round(100 * best.mfu, 1),
                                step_ms=round(best.times()["step"] * 1e3, 1),
-                               cmd=train_cmd(stage, target, mesh, remat, b), last=plan.last_line(best))  # fmt: skip
+                               cmd=train_cmd(preset, stage, target, mesh, remat, b), last=plan.last_line(best))  # fmt: skip
                     print(plan.report(best), flush=True)
                 write(rec)
     if not args.skip_sample:
-        for target, preset, mesh in SAMPLE_ROWS:
-            if only and target not in only:
+        for target, preset, mesh, batches in SAMPLE_ROWS:
+            if (only and target not in only) or target in skip or (models and preset not in models):
                 continue
             if over():
                 write({"kind": "sample", "target": target, "preset": preset, "skipped": "time budget"})
@@ -166,11 +165,12 @@ def main(argv=None) -> int:
             def make(b, family=family, cfg=cfg, vae=vae, tg=tg, mesh=mesh):
                 return plan.sample_plan(family, cfg, vae, tg, batch_per_device=b, mesh=mesh, dtype="bfloat16")
 
-            best, tried = (
-                fit_one(make, args.batch, log) if args.batch else fit_batch(make, tg.hbm_gib * plan.GIB, 4, 16, log)
-            )
-            rec = {"kind": "sample", "target": target, "preset": preset, "mesh": mesh,
-                   "tried": [(p.settings["batch_per_device"], p.fits, round(p.used_gib, 2)) for p in tried]}  # fmt: skip
+            best, tried = fit_descending(make, (args.batch,) if args.batch else batches, log)
+            errors = [p for p in tried if isinstance(p, str)]
+            tried = [p for p in tried if not isinstance(p, str)]
+            rec = {"kind": "sample", "target": target, "preset": preset, "mesh": mesh, "errors": errors,
+                   "tried": [(p.settings["batch_per_device"], p.fits, round(p.used_gib, 2), round(p.compile_s))
+                             for p in tried]}  # fmt: skip
             if best is not None:
                 b = best.settings["batch_per_device"]
                 rec.update(batch_per_device=b, gib=round(best.used_gib, 2), hbm=tg.hbm_gib,

@@ -13,7 +13,7 @@ from flax import nnx, struct
 from janusflow_jax.config import LlamaConfig
 from janusflow_jax.nn.kv_cache import DecodeCache, KVCache
 from janusflow_jax.nn.layers import RMSNorm, as_dtype, fan_in_init, normal_init, param
-from janusflow_jax.sharding import shard
+from janusflow_jax.sharding import gather_layer, shard
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -338,7 +338,7 @@ class LlamaModel(nnx.Module):
                 o = causal_attention(q, k, v, key_mask, scale, cfg.attn_block, pfx)
                 return o, ((k, v) if return_kv else None)
 
-            layer = nnx.merge(graphdef, state)
+            layer = nnx.merge(graphdef, gather_layer(state))
             if last_only:
 
                 def last(x):

@@ -24,7 +24,7 @@ from janusflow_jax.nn.layers import (
     zeros_init,
 )
 from janusflow_jax.nn.llama import make_stack, maybe_remat
-from janusflow_jax.sharding import shard
+from janusflow_jax.sharding import gather_layer, shard
 
 
 class SiglipAttention(nnx.Module):
@@ -106,7 +106,7 @@ class VisionTransformer(nnx.Module):
         graphdef, state = nnx.split(self.blocks)
 
         def body(x, s):
-            x = nnx.merge(graphdef, s)(x)
+            x = nnx.merge(graphdef, gather_layer(s))(x)
             return x, x if collect else None
 
         x, per_block = jax.lax.scan(maybe_remat(body, self.cfg.remat), x, state, unroll=not self.cfg.scan_layers)

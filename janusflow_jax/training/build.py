@@ -170,5 +170,5 @@ def build(cfg, mesh=None, *, weights: bool = True, log=None) -> Built:
     graphdef, _ = nnx.split(abstract, nnx.Param)
     p_shard = state_lib.param_shardings(abstract, mesh)
     layout = train_layout(abstract, p_shard, task.trainable, cfg.optim, cfg.run.seed, mesh)
-    statics = StepStatics(task.objective(), cfg.optim.grad_accum, cfg.optim.ema_decay)
+    statics = StepStatics(task.objective(), cfg.optim.grad_accum, cfg.optim.ema_decay, cfg.model.fsdp_gather == "layer")
     return Built(cfg, task, mesh, abstract, graphdef, p_shard, layout, statics)

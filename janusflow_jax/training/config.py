@@ -52,6 +52,7 @@ class ModelConfig:
     processor: str | None = None  # folder with tokenizer/processor files (else init_from's)
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (master weights stay float32)
     remat: str = "none"  # none | full | dots
+    fsdp_gather: str = "layer"  # layer: stacked layers gather their fsdp-split weights in the scan (ZeRO-3) | once
     scan_layers: bool = True  # false: unroll the LLM/SigLIP layer loops (multi-device CPU meshes; see README)
     init_seed: int = 0
 
@@ -188,6 +189,8 @@ class TrainConfig:
             raise TrainConfigError(f"model.dtype must be float32 or bfloat16, got {self.model.dtype!r}")
         if self.model.remat not in ("none", "full", "dots"):
             raise TrainConfigError(f"model.remat must be none, full or dots, got {self.model.remat!r}")
+        if self.model.fsdp_gather not in ("layer", "once"):
+            raise TrainConfigError(f"model.fsdp_gather must be layer or once, got {self.model.fsdp_gather!r}")
         if self.optim.grad_accum < 1:
             raise TrainConfigError(f"optim.grad_accum must be ≥ 1, got {self.optim.grad_accum}")
         if self.optim.ema_decay is not None and not 0.0 < self.optim.ema_decay < 1.0:

@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from janusflow_jax.sharding import data_parallel, param_specs
+from janusflow_jax.sharding import data_parallel, layerwise_leaves, param_specs
 from janusflow_jax.training.state import FROZEN, merge_trainable, path_str, split_trainable
 
 
@@ -32,6 +32,7 @@ class StepStatics:
     objective: Any
     grad_accum: int = 1
     ema_decay: float | None = None
+    layerwise_gather: bool = True  # gather stacked layers' parameters in their scan body (ZeRO-3), not up front
 
 
 def _micro(tree, a: int):
@@ -85,7 +86,9 @@ def train_step(
 
     mesh = jax.sharding.get_abstract_mesh()
     specs = split_trainable(param_specs(graphdef, state["params"], mesh), labels)
-    sharded_loss = data_parallel(loss_fn, (*specs, P()))
+    stacked = layerwise_leaves(graphdef, state["params"], mesh) if statics.layerwise_gather else None
+    lw = None if stacked is None else (*split_trainable(stacked, labels), False)
+    sharded_loss = data_parallel(loss_fn, (*specs, P()), lw)
     grad_fn = jax.value_and_grad(lambda tr, mb, md: sharded_loss(tr, frozen, denom, mb, md), has_aux=True)
     a = statics.grad_accum
     if a == 1:

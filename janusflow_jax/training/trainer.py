@@ -227,10 +227,8 @@ class Trainer:
         return checkpoint.read_metadata(dest).get("trained_steps")
 
     def export(self, state: dict, step: int) -> str | None:
-        """Params checkpoint (EMA when kept) that `janusflow_jax.load` / `janusflow-sample` read."""
-        if self.pc > 1:
-            self.log("export skipped in a multi-process run (sample from the checkpoint with one process)")
-            return None
+        """Params checkpoint (EMA when kept) that `janusflow_jax.load` / `janusflow-sample` read. Every
+        process calls it (each leaf gathered with all of them); process 0 writes it."""
         dest = os.path.join(self.out_dir, "export")
         ema = bool(state["ema"])
         self.task.export(self, self.built.params_for_sampling(state), step, dest, ema)

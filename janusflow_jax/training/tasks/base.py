@@ -180,7 +180,13 @@ def abstract_batch(d, rows: dict[str, int], gen_size: int, und_size: int) -> dic
 
 
 def host_tree(tree) -> dict:
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+    """Every leaf whole on this host, as NumPy. In a multi-process run each process takes part in every
+    leaf's gather (one leaf at a time) and every process ends up with the whole tree."""
+    if jax.process_count() == 1:
+        return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree)
 
 
 def num_params(tree) -> int:
