@@ -187,6 +187,7 @@ def test_bad_configs_fail_with_one_clear_line(work, tmp_path, capsys):
         (["data.mix.gen=0", "data.mix.und=0", "data.mix.text=0"], "data.mix"),
         (["model.init_from=/nonexistent/model"], "/nonexistent/model"),
         (["run.steps=0"], "run.steps must be positive"),
+        (["model.fsdp_gather=sometimes"], "model.fsdp_gather must be layer or once"),
         (["notakeyvalue"], "is not key=value"),
     ]
     for overrides, msg in cases:
