@@ -217,7 +217,10 @@ def data_parallel(
         return fn
     n = len(param_specs)
     local = [jax.tree.map(lambda sp: _keep_axes(sp, manual), t, is_leaf=_is_spec) for t in param_specs]
-    defer = list(layerwise) if layerwise is not None else [jax.tree.map(lambda _: False, t, is_leaf=_is_spec) for t in local]
+    if layerwise is None:
+        defer = [jax.tree.map(lambda _: False, t, is_leaf=_is_spec) for t in local]
+    else:
+        defer = list(layerwise)
     if len(defer) != n:
         raise ValueError(f"layerwise has {len(defer)} trees for {n} parameter trees")
 

@@ -25,7 +25,10 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-CONFIGS = {"janusflow-1.3b": "train/configs/stage{stage}.yaml", "janus-pro-7b": "train/configs/janus-pro/stage{stage}.yaml"}
+CONFIGS = {
+    "janusflow-1.3b": "train/configs/stage{stage}.yaml",
+    "janus-pro-7b": "train/configs/janus-pro/stage{stage}.yaml",
+}
 FSDP = lambda n: {"data": 1, "fsdp": n, "tensor": 1}  # noqa: E731
 TRAIN_ROWS = [  # preset, target, mesh, remat, batches per device to try (largest first)
     ("janusflow-1.3b", "8xH100", FSDP(8), "full", (32, 16, 8)),
@@ -122,7 +125,8 @@ def main(argv=None) -> int:
                 continue
             tg = plan.get_target(target)
             for stage in args.stages.split(","):
-                base = {"kind": "train", "preset": preset, "target": target, "stage": stage, "mesh": mesh, "remat": remat}
+                base = {"kind": "train", "preset": preset, "target": target, "stage": stage, "mesh": mesh,
+                        "remat": remat}  # fmt: skip
                 if over():
                     write(dict(base, skipped="time budget"))
                     continue
@@ -136,8 +140,9 @@ def main(argv=None) -> int:
                 best, tried = fit_descending(make, (args.batch,) if args.batch else batches, log)
                 errors = [p for p in tried if isinstance(p, str)]
                 tried = [p for p in tried if not isinstance(p, str)]
-                rec = dict(base, tried=[(p.settings["batch_per_device"], p.fits, round(p.used_gib, 2), round(p.compile_s))
-                                        for p in tried], errors=errors)  # fmt: skip
+                rec = dict(base, errors=errors,
+                           tried=[(p.settings["batch_per_device"], p.fits, round(p.used_gib, 2), round(p.compile_s))
+                                  for p in tried])  # fmt: skip
                 if tried and best is None:
                     rec.update(gib=round(tried[-1].used_gib, 2), hbm=tg.hbm_gib, error=tried[-1].error,
                                state_gib=round(sum(tried[-1].bytes.get(k, 0) for k in ("params", "opt_state", "ema"))
@@ -148,7 +153,8 @@ def main(argv=None) -> int:
                                global_batch=best.settings["global_batch"], gib=round(best.used_gib, 2),
                                hbm=tg.hbm_gib, mfu=round(100 * best.mfu, 1),
                                step_ms=round(best.times()["step"] * 1e3, 1),
-                               cmd=train_cmd(preset, stage, target, mesh, remat, b), last=plan.last_line(best))  # fmt: skip
+                               cmd=train_cmd(preset, stage, target, mesh, remat, b),
+                               last=plan.last_line(best))  # fmt: skip
                     print(plan.report(best), flush=True)
                 write(rec)
     if not args.skip_sample:
