@@ -519,8 +519,8 @@ def compile_plan(
     shape = {k: int(v) for k, v in mesh.shape.items()}
     hbm = target.hbm_gib * GIB
     notes = []
+    lowered = lower()  # a tracing error is the program's, not the compiler's: it propagates as raised
     try:
-        lowered = lower()
         try:
             compiled = lowered.compile()
         except Exception as e:
