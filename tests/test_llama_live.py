@@ -114,7 +114,8 @@ def test_left_padded_batch(pair):
         assert rel_err(np.asarray(got)[r, valid[r]], alone[0]) < TOL
 
 
-def test_cached_decode_matches_full_forward(pair):
+@pytest.mark.parametrize("streamed", [False, True], ids=["sliced-once", "streamed"])
+def test_cached_decode_matches_full_forward(pair, streamed):
     ref, model, cfg = pair
     rng = np.random.default_rng(7)
     b, prompt, new = 2, 9, 5
@@ -132,11 +133,15 @@ def test_cached_decode_matches_full_forward(pair):
     @jax.jit
     def prefill(i, p, m):
         hidden, (k, v), _ = lm.model._run(lm.embed(i), p, m, return_kv=True)  # every position's logits
-        return lm.logits(hidden), DecodeCache.from_prefill(k, v, m, new + 3)
+        c = DecodeCache.from_prefill(k, v, m, new + 3)
+        return lm.logits(hidden), (c.stacked() if streamed else c)
 
     @jax.jit
     def step(c, i, p):
-        hidden, c = lm.model.decode(lm.model.layer_modules(), lm.embed(i), p, c)
+        if streamed:  # each layer's weights read from the stack inside the step
+            hidden, c = lm.model.decode_streamed(lm.embed(i), p, c)
+        else:
+            hidden, c = lm.model.decode(lm.model.layer_modules(), lm.embed(i), p, c)
         return lm.logits(hidden), c
 
     logits, cache = prefill(

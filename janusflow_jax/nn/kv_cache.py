@@ -64,3 +64,13 @@ class DecodeCache:
             v=(jnp.zeros((b, kh, slots, h), v.dtype),) * n,
             count=jnp.zeros((), jnp.int32),
         )
+
+    def stacked(self) -> DecodeCache:
+        """The per-layer tuples as `[L, ...]` stacks (for `LlamaModel.decode_streamed`, which scans
+        over the layers; `slots` and `count` read the same)."""
+        return self.replace(
+            prompt_k=jnp.stack(self.prompt_k),
+            prompt_v=jnp.stack(self.prompt_v),
+            k=jnp.stack(self.k),
+            v=jnp.stack(self.v),
+        )

@@ -6,6 +6,8 @@ H head dim, F mlp, V vocab, L layers.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -381,34 +383,58 @@ class LlamaModel(nnx.Module):
         """One new token per row: inputs_embeds `[B,1,D]`, positions `[B,1]`, `layers` from
         `layer_modules()`. It attends to the valid prompt keys, the `cache.count` tokens generated
         so far and itself; returns `(hidden [B,1,D] after the final norm, cache with its K/V added)`."""
+        x, cos, sin, attend = self._decode_setup(inputs_embeds, positions, cache)
+        ks, vs = [], []
+        for i, layer in enumerate(layers):
+            x, (k2, v2) = layer(
+                x, cos, sin, functools.partial(attend, cache.prompt_k[i], cache.prompt_v[i], cache.k[i], cache.v[i])
+            )
+            ks.append(k2)
+            vs.append(v2)
+        return self.norm(x), cache.replace(k=tuple(ks), v=tuple(vs), count=cache.count + 1)
+
+    def decode_streamed(
+        self, inputs_embeds: jax.Array, positions: jax.Array, cache: DecodeCache
+    ) -> tuple[jax.Array, DecodeCache]:
+        """`decode` that reads each layer's weights from their stack inside the step (a scan over the
+        layers) instead of holding them sliced: with a `cache.stacked()` cache (`[L, ...]` arrays).
+
+        For weights a backend cannot multiply in their own dtype (bfloat16 on XLA:CPU): each step
+        widens one layer at a time, where `layer_modules()` would keep a float32 copy of every layer
+        for the whole loop (2× the weights' bytes)."""
+        x, cos, sin, attend = self._decode_setup(inputs_embeds, positions, cache)
+        graphdef, state = nnx.split(self.layers)
+
+        def body(x, xs):
+            st, pk, pv, k, v = xs
+            return nnx.merge(graphdef, st)(x, cos, sin, functools.partial(attend, pk, pv, k, v))
+
+        x, (k, v) = jax.lax.scan(body, x, (state, cache.prompt_k, cache.prompt_v, cache.k, cache.v))
+        return self.norm(x), cache.replace(k=k, v=v, count=cache.count + 1)
+
+    def _decode_setup(self, inputs_embeds, positions, cache: DecodeCache):
+        """The input, RoPE tables and one layer's attention for a decode step: `attend(prompt_k,
+        prompt_v, k, v, q, k_new, v_new)` with that layer's cache buffers first."""
         cfg = self.cfg
-        dt = as_dtype(cfg.dtype)
-        x = shard(inputs_embeds.astype(dt), ("batch", "seq", "embed"))
+        x = shard(inputs_embeds.astype(as_dtype(cfg.dtype)), ("batch", "seq", "embed"))
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
         b, n = x.shape[0], cache.count
         upto = jnp.broadcast_to(jnp.arange(cache.slots)[None, None, :] <= n, (b, 1, cache.slots))  # + this token
-        ks, vs = [], []
-        for i, layer in enumerate(layers):
 
-            def attend(q, k, v, i=i):
-                # Write this token's key/value into its slot first and attend over the updated buffers:
-                # reading the old buffer and then updating it made XLA copy every layer's whole cache on
-                # every step (8 × 9.4 MB at the bench size).
-                qh, kh, vh = _heads_major(q, k, v)
-                k2 = jax.lax.dynamic_update_slice(
-                    cache.k[i], kh.transpose(0, 1, 3, 2).astype(cache.k[i].dtype), (0, 0, 0, n)
-                )
-                v2 = jax.lax.dynamic_update_slice(cache.v[i], vh.astype(cache.v[i].dtype), (0, 0, n, 0))
-                blocks = [
-                    (cache.prompt_k[i], "BKHS", cache.prompt_v[i], "BKSH", cache.prompt_mask[:, None, :]),
-                    (k2, "BKHS", v2, "BKSH", upto),
-                ]
-                return _tokens_major(_attend_blocks(qh, blocks, cfg.head_dim**-0.5)), (k2, v2)
+        def attend(prompt_k, prompt_v, k_buf, v_buf, q, k, v):
+            # Write this token's key/value into its slot first and attend over the updated buffers:
+            # reading the old buffer and then updating it made XLA copy every layer's whole cache on
+            # every step (8 × 9.4 MB at the bench size).
+            qh, kh, vh = _heads_major(q, k, v)
+            k2 = jax.lax.dynamic_update_slice(k_buf, kh.transpose(0, 1, 3, 2).astype(k_buf.dtype), (0, 0, 0, n))
+            v2 = jax.lax.dynamic_update_slice(v_buf, vh.astype(v_buf.dtype), (0, 0, n, 0))
+            blocks = [
+                (prompt_k, "BKHS", prompt_v, "BKSH", cache.prompt_mask[:, None, :]),
+                (k2, "BKHS", v2, "BKSH", upto),
+            ]
+            return _tokens_major(_attend_blocks(qh, blocks, cfg.head_dim**-0.5)), (k2, v2)
 
-            x, (k2, v2) = layer(x, cos, sin, attend)
-            ks.append(k2)
-            vs.append(v2)
-        return self.norm(x), cache.replace(k=tuple(ks), v=tuple(vs), count=n + 1)
+        return x, cos, sin, attend
 
 
 class LlamaForCausalLM(nnx.Module):

@@ -8,7 +8,7 @@ Janus's 16384-way image vocabulary over 576 steps they would be ~600 MB per batc
 
 Laid out for XLA (see `DecodeCache`): the layers' weights are sliced out of their stack once,
 before the loop, and the prompt's keys/values are loop constants; the loop state holds only the
-small buffers of generated tokens.
+small buffers of generated tokens. Narrow weights on XLA:CPU are read per step instead (`stream`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-from flax import struct
+from flax import nnx, struct
 
 from janusflow_jax.nn.kv_cache import DecodeCache
 from janusflow_jax.nn.llama import LlamaModel
@@ -82,8 +82,8 @@ class _State:
     next_pos: jax.Array
     tokens: jax.Array
     logits: jax.Array | None
-    new_k: tuple
-    new_v: tuple
+    new_k: tuple | jax.Array  # per layer, or `[L, ...]` when streaming
+    new_v: tuple | jax.Array
 
 
 def decode_loop(
@@ -100,6 +100,7 @@ def decode_loop(
     pad_id: int = 0,
     keep_logits: bool = False,
     on_step: Callable[[jax.Array, jax.Array], None] | None = None,
+    stream: bool | None = None,
 ) -> DecodeResult:
     """Choose `num_tokens` tokens for B rows of an LLM run over R rows (R = B, or 2B for CFG pairs).
 
@@ -109,10 +110,34 @@ def decode_loop(
     choose(logits `[B, V]`, step) → `[B]` int32. Stops early when every row has produced `eos_id`.
     `on_step(step, tokens)` runs inside the compiled loop after each token is chosen (progress
     reporting; pass `tokens` on to a callback so that it fires after the token exists).
+
+    `stream`: read each layer's weights from their stack inside every step (`decode_streamed`)
+    instead of slicing them once before the loop. None (default): stream where the program runs on
+    XLA:CPU and the layer weights are narrower than float32 — CPU dots widen bfloat16 to float32,
+    and sliced-once weights would then sit in the loop as float32 copies (Janus-Pro-7B: 2× its
+    14 GB). Elsewhere the slices are read in place.
     """
+    args = (llm, first_hidden, cache, next_pos)
+    kw = dict(num_tokens=num_tokens, embed=embed, logits=logits, choose=choose, eos_id=eos_id, pad_id=pad_id,
+              keep_logits=keep_logits, on_step=on_step)  # fmt: skip
+    if stream is None:
+        narrow = any(jnp.dtype(a.dtype).itemsize < 4 for a in jax.tree.leaves(nnx.state(llm.layers, nnx.Param)))
+        if not narrow:
+            return _loop(*args, stream=False, **kw)
+        return jax.lax.platform_dependent(
+            cpu=lambda: _loop(*args, stream=True, **kw), default=lambda: _loop(*args, stream=False, **kw)
+        )
+    return _loop(*args, stream=stream, **kw)
+
+
+def _loop(llm, first_hidden, cache, next_pos, *, num_tokens, embed, logits, choose, eos_id, pad_id, keep_logits,
+          on_step, stream) -> DecodeResult:  # fmt: skip
     first = logits(first_hidden)
     b, v = first.shape
-    layers = llm.layer_modules()  # sliced once, outside the loop
+    if stream:
+        cache = cache.stacked()
+    else:
+        layers = llm.layer_modules()  # sliced once, outside the loop
 
     def append(s: _State, lg) -> _State:
         tok = choose(lg, s.step)
@@ -144,7 +169,10 @@ def decode_loop(
     def step(s: _State) -> _State:
         """Feed `last_token`, choose the next one, append it."""
         c = cache.replace(k=s.new_k, v=s.new_v, count=s.step - 1)
-        hidden, c = llm.decode(layers, embed(s.last_token), s.next_pos[:, None], c)
+        if stream:
+            hidden, c = llm.decode_streamed(embed(s.last_token), s.next_pos[:, None], c)
+        else:
+            hidden, c = llm.decode(layers, embed(s.last_token), s.next_pos[:, None], c)
         s = s.replace(next_pos=s.next_pos + 1, new_k=c.k, new_v=c.v)
         return append(s, logits(hidden))
 
