@@ -21,6 +21,7 @@ from flax import nnx
 
 from janusflow_jax.nn.llama import positions_from_mask
 from janusflow_jax.sampling import text as text_sampling
+from janusflow_jax.sampling.decode import stream_choice
 from janusflow_jax.sharding import state_shardings
 
 __all__ = ["ModelBase", "LoadError", "special_ids", "place_params", "restore_target"]
@@ -87,6 +88,14 @@ class ModelBase:
     """Methods shared by `JanusFlowModel` and `JanusModel` (see the module docstring)."""
 
     family: str = ""
+    # how token loops read the layers' weights (`sampling.decode.DECODE_WEIGHTS`): "auto" streams them
+    # where that saves memory (narrow weights on XLA:CPU), "streamed" everywhere (TPU/GPU: one layer's
+    # weights live at a time instead of a sliced copy of them all), "sliced" never
+    decode_weights: str = "auto"
+
+    @property
+    def _stream(self) -> bool | None:
+        return stream_choice(self.decode_weights)
 
     @property
     def module(self):
@@ -154,6 +163,7 @@ class ModelBase:
             top_k=None if top_k is None else int(top_k),
             keep_logits=bool(return_logits),
             nucleus=float(top_p) < 1.0,
+            stream=self._stream,
         )
         out = self._run(
             _generate_text,

@@ -746,10 +746,12 @@ def sample_plan(
     prompt_len: int = 64,
     num_steps: int = 30,
     solver: str = "euler",
+    decode_weights: str = "auto",
 ) -> Plan:
     """Compile the one-program generation of `family` (JanusFlow: CFG rows, prompt prefill, scanned
     ODE, VAE decode; Janus: prompt prefill, the token loop over every image code, VQ decode) for
-    `batch_per_device` images per batch shard."""
+    `batch_per_device` images per batch shard. `decode_weights` (Janus): how the token loop reads the
+    layers' weights (`sampling.decode.DECODE_WEIGHTS`)."""
     from flax import nnx
 
     from janusflow_jax import flops
@@ -802,21 +804,22 @@ def sample_plan(
         llm_passes = evals + 1  # the prompt, then every velocity evaluation reads the LLM's weights
     elif family == "janus":
         from janusflow_jax.janus import model as JM
-        from janusflow_jax.sampling.decode import Sampler
+        from janusflow_jax.sampling.decode import Sampler, stream_choice
 
         cfg = cfg.with_dtype(dtype)
         gd, params = abstract_params(JM.abstract_module(cfg, jmesh))
         n = cfg.num_gen_tokens
         keys = jax.eval_shape(lambda: jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(B)))
         keys = S(keys.shape, keys.dtype, sharding=rows)
-        opts = (n, Sampler(greedy=False, top_k=None, per_row_keys=True, nucleus=False), 0, False, 0)
+        opts = (n, Sampler(greedy=False, top_k=None, per_row_keys=True, nucleus=False), 0, False, 0,
+                stream_choice(decode_weights))  # fmt: skip
         f32 = S((), jnp.float32, sharding=rep)
         mflops = flops.llm_flops(cfg.llm, 2 * B, prompt_len)
         # one token per step for every CFG row, the image head on the last position
         head = 2 * 2 * B * (cfg.llm.hidden_size * cfg.gen_head.image_token_embed
                             + cfg.gen_head.image_token_embed * cfg.gen_head.image_token_size)  # fmt: skip
         mflops += sum(flops.llm_flops(cfg.llm, 2 * B, 1, cached=prompt_len + i) for i in range(n - 1)) + n * head
-        settings.update(tokens=n)
+        settings.update(tokens=n, decode_weights=decode_weights)
 
         def lower():
             with use_mesh(jmesh):

@@ -103,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--vae", default=None, help="diffusers VAE folder (HF folders only; default CHECKPOINT/vae)")
     common.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     common.add_argument("--compile-cache", default=None, metavar="DIR", help="persistent XLA compilation cache")
+    common.add_argument(
+        "--decode-weights",
+        choices=("auto", "sliced", "streamed"),
+        default="auto",
+        help="how token loops read the layers' weights: sliced once before the loop, or streamed (one layer's "
+        "inside each step: less memory, a layer slice per step); auto streams narrow weights on CPU",
+    )
     g = sub.add_parser("generate", parents=[common], help="text to image")
     g.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     g.add_argument("--prompts-file", default=None, help="one prompt per line")
@@ -156,6 +163,7 @@ def _load(args, mesh=None, log=_log):
     t = time.perf_counter()
     model = janusflow_jax.load(args.checkpoint, vae_path=args.vae, dtype=args.dtype, mesh=mesh)
     log(f"loaded {args.checkpoint or 'the shipped model'} ({args.dtype}) in {time.perf_counter() - t:.1f}s")
+    model.decode_weights = args.decode_weights
     return model
 
 
@@ -216,6 +224,7 @@ def plan_generate(args) -> int:
         mesh=_parse_mesh(args.mesh),
         dtype=args.dtype,
         prompt_len=args.prompt_len,
+        decode_weights=args.decode_weights,
         **({"num_steps": kw["steps"], "solver": kw["solver"]} if kw else {}),
     )
     print(plan.report(p))

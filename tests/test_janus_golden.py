@@ -109,6 +109,17 @@ def test_greedy_and_replayed_codes(janus_model, janus_npz):
         g["prompt_ids"], cfg_weight=5.0, num_images=2, num_tokens=n, exp_noise=g["exp_noise"]
     )
     np.testing.assert_array_equal(np.asarray(codes), g["generated_tokens"])
+    # the streamed token loop (each layer read from its stack inside the step) gives the same
+    janus_model.decode_weights = "streamed"
+    try:
+        codes, logits = janus_model.sample_image_tokens(
+            g["prompt_ids"], cfg_weight=5.0, greedy=True, num_images=2, num_tokens=n, return_logits=True
+        )
+    finally:
+        janus_model.decode_weights = "auto"
+    assert any(k[0] == "_sample_codes" and dict(k[1])["opts"][-1] is True for k in janus_model._compiled)
+    np.testing.assert_array_equal(np.asarray(codes), g["greedy_tokens"])
+    assert rel_err(logits, np.moveaxis(g["greedy_guided_logits"], 0, 1)) < TOL
 
 
 def test_vq_decode_and_images(janus_model, janus_npz):

@@ -115,7 +115,7 @@ def test_full_size_forward_shapes(abstract):
     )
     assert logits.shape == (1, t, 102400) and logits.dtype == np.float32
 
-    opts = (cfg.num_gen_tokens, Sampler(greedy=True, per_row_keys=True), 100015, False, 0)
+    opts = (cfg.num_gen_tokens, Sampler(greedy=True, per_row_keys=True), 100015, False, 0, None)
     key = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 1))
     f32 = sds((), np.float32)
 

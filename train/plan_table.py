@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None, help="compile this one batch per device (no fitting)")
     ap.add_argument("--stages", default="2,3")
     ap.add_argument("--models", default=None, help="comma-separated presets (janusflow-1.3b, janus-pro-7b)")
+    ap.add_argument("--decode-weights", default="auto", choices=("auto", "sliced", "streamed"),
+                    help="sampling rows: how the token loop reads the layers' weights")
     args = ap.parse_args(argv)
 
     from janusflow_jax import plan
@@ -169,12 +171,14 @@ def main(argv=None) -> int:
             log(f"sample {preset} on {target} mesh {mesh}")
 
             def make(b, family=family, cfg=cfg, vae=vae, tg=tg, mesh=mesh):
-                return plan.sample_plan(family, cfg, vae, tg, batch_per_device=b, mesh=mesh, dtype="bfloat16")
+                return plan.sample_plan(family, cfg, vae, tg, batch_per_device=b, mesh=mesh, dtype="bfloat16",
+                                        decode_weights=args.decode_weights)  # fmt: skip
 
             best, tried = fit_descending(make, (args.batch,) if args.batch else batches, log)
             errors = [p for p in tried if isinstance(p, str)]
             tried = [p for p in tried if not isinstance(p, str)]
             rec = {"kind": "sample", "target": target, "preset": preset, "mesh": mesh, "errors": errors,
+                   "decode_weights": args.decode_weights,
                    "tried": [(p.settings["batch_per_device"], p.fits, round(p.used_gib, 2), round(p.compile_s))
                              for p in tried]}  # fmt: skip
             if best is not None:
@@ -182,7 +186,8 @@ def main(argv=None) -> int:
                 rec.update(batch_per_device=b, gib=round(best.used_gib, 2), hbm=tg.hbm_gib,
                            mfu=round(100 * best.mfu, 1), step_ms=round(best.times()["step"] * 1e3, 1),
                            cmd=(f"janusflow-sample generate --plan --target {target} --preset {preset} "
-                                f"--dtype bfloat16 --mesh {mesh_arg(mesh)} --batch-per-device {b}"),
+                                f"--dtype bfloat16 --mesh {mesh_arg(mesh)} --batch-per-device {b}"
+                                + ("" if args.decode_weights == "auto" else f" --decode-weights {args.decode_weights}")),
                            last=plan.last_line(best))  # fmt: skip
                 print(plan.report(best), flush=True)
             write(rec)

@@ -68,6 +68,7 @@ def sample_codes(
     exp_noise=None,
     keep_logits: bool = False,
     on_step=None,
+    stream: bool | None = None,
 ) -> DecodeResult:
     """Codes `[B, num_tokens]` for the CFG rows from `cfg_rows`.
 
@@ -113,6 +114,7 @@ def sample_codes(
         choose=choose,
         keep_logits=keep_logits,
         on_step=on_step,
+        stream=stream,
     )
 
 

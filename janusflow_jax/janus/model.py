@@ -74,7 +74,7 @@ def _progress_cb(step, total, every, _after=None):
 
 
 def _codes(m, ids, mask, neg_ids, neg_mask, keys, temperature, top_p, cfg_weight, noise, opts):
-    num_tokens, sampler, pad_id, keep_logits, every = opts
+    num_tokens, sampler, pad_id, keep_logits, every, stream = opts
     tokens, rows_mask, positions = gen.cfg_rows(ids, mask, pad_id, neg_ids, neg_mask)
     on_step = None
     if every:
@@ -100,6 +100,7 @@ def _codes(m, ids, mask, neg_ids, neg_mask, keys, temperature, top_p, cfg_weight
         exp_noise=noise,
         keep_logits=keep_logits,
         on_step=on_step,
+        stream=stream,
     )
 
 
@@ -284,7 +285,7 @@ class JanusModel(ModelBase):
             nucleus=float(top_p) < 1.0,
         )
         noise = None if exp_noise is None else jnp.asarray(exp_noise, jnp.float32)
-        opts = (n, sampler, int(self.pad_id), bool(return_logits), int(progress_every))
+        opts = (n, sampler, int(self.pad_id), bool(return_logits), int(progress_every), self._stream)
         out = self._run(
             _sample_codes,
             self.graphdef,
@@ -337,7 +338,7 @@ class JanusModel(ModelBase):
         self._check_length(length, n)
         length = min(-(-length // bucket) * bucket, self.cfg.llm.max_position_embeddings - n)
         keys = self._keys(seed, len(rows))
-        opts = (n, _image_sampler(greedy, top_k, top_p), int(self.pad_id), False, 64 if progress else 0)
+        opts = (n, _image_sampler(greedy, top_k, top_p), int(self.pad_id), False, 64 if progress else 0, self._stream)
         bs = int(batch_size or len(rows))
         out = []
         for a in range(0, len(rows), bs):
@@ -384,7 +385,7 @@ class JanusModel(ModelBase):
             raise ValueError("temperature must be > 0 (or pass greedy=True)")
         n = self.cfg.num_gen_tokens
         self.check_generation_length(np.shape(ids)[1])
-        opts = (n, _image_sampler(greedy, top_k, top_p), int(self.pad_id), False, 0)
+        opts = (n, _image_sampler(greedy, top_k, top_p), int(self.pad_id), False, 0, self._stream)
         f32 = np.float32  # host scalars: jit places them (also across processes)
         with use_mesh(self.mesh):
             return self._run(

@@ -23,7 +23,17 @@ from flax import nnx, struct
 from janusflow_jax.nn.kv_cache import DecodeCache
 from janusflow_jax.nn.llama import LlamaModel
 
-__all__ = ["Sampler", "DecodeResult", "decode_loop", "filter_logits"]
+__all__ = ["Sampler", "DecodeResult", "decode_loop", "filter_logits", "DECODE_WEIGHTS", "stream_choice"]
+
+# how a token loop reads the layers' weights: `decode_loop(stream=...)` for each name
+DECODE_WEIGHTS = {"auto": None, "sliced": False, "streamed": True}
+
+
+def stream_choice(name: str) -> bool | None:
+    """`decode_loop`'s `stream` for a `--decode-weights` name (auto | sliced | streamed)."""
+    if name not in DECODE_WEIGHTS:
+        raise ValueError(f"decode_weights must be one of {', '.join(DECODE_WEIGHTS)}, got {name!r}")
+    return DECODE_WEIGHTS[name]
 
 
 @dataclasses.dataclass(frozen=True)

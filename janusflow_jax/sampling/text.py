@@ -26,6 +26,7 @@ class DecodeOptions:
     top_k: int | None = None
     keep_logits: bool = False  # also return the logits each token was chosen from
     nucleus: bool = True  # apply the top-p filter (False when top_p >= 1: no per-step sort)
+    stream: bool | None = None  # decode_loop's: layers read inside each step (None: where it saves memory)
 
 
 def prefill(llm: LlamaForCausalLM, inputs_embeds: jax.Array, attention_mask: jax.Array, slots: int):
@@ -61,4 +62,5 @@ def generate(
         eos_id=opts.eos_id,
         pad_id=opts.pad_id,
         keep_logits=opts.keep_logits,
+        stream=opts.stream,
     )
