@@ -48,11 +48,11 @@ SAMPLE_ROWS = [  # target, preset, mesh, batches per device to try (largest firs
     ("v5p-128", "janusflow-1.3b", {"data": -1, "fsdp": 1, "tensor": 1}, (64, 16)),
     ("v5e-8", "janusflow-1.3b", {"data": -1, "fsdp": 1, "tensor": 1}, (16, 4)),
     ("v5e-256", "janusflow-1.3b", {"data": -1, "fsdp": 1, "tensor": 1}, (16, 4)),
-    ("8xH100", "janus-pro-7b", {"data": -1, "fsdp": 1, "tensor": 1}, (16, 4)),
-    ("v6e-8", "janus-pro-7b", {"data": -1, "fsdp": 1, "tensor": 2}, (4, 1)),
-    ("v5p-128", "janus-pro-7b", {"data": -1, "fsdp": 1, "tensor": 1}, (16, 4)),
-    ("v5e-8", "janus-pro-7b", {"data": 2, "fsdp": 1, "tensor": 4}, (4, 1)),
-    ("v5e-256", "janus-pro-7b", {"data": -1, "fsdp": 1, "tensor": 4}, (4, 1)),
+    ("8xH100", "janus-pro-7b", {"data": -1, "fsdp": 1, "tensor": 1}, (64, 32, 16)),
+    ("v6e-8", "janus-pro-7b", {"data": -1, "fsdp": 1, "tensor": 2}, (16, 8, 4)),
+    ("v5p-128", "janus-pro-7b", {"data": -1, "fsdp": 1, "tensor": 1}, (64, 32, 16)),
+    ("v5e-8", "janus-pro-7b", {"data": 2, "fsdp": 1, "tensor": 4}, (16, 8, 4)),
+    ("v5e-256", "janus-pro-7b", {"data": -1, "fsdp": 1, "tensor": 4}, (16, 8, 4)),
 ]
 
 
