@@ -60,10 +60,10 @@ def test_streamed_decode_holds_one_widened_layer(bf16_lm):
     assert options == {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
     assert _compiler_options([np.zeros(3, np.float32), jnp.zeros(3, jnp.float32)]) is None  # float32: untouched
 
-    temp = {}
-    for name, stream, opts in [("sliced", False, options), ("streamed-licm", True, None), ("streamed", True, options),
-                               ("auto", None, options)]:  # fmt: skip
-        temp[name] = _compiled(bf16_lm, stream, opts).memory_analysis().temp_size_in_bytes / layer_bytes
+    variants = {"sliced": (False, options), "streamed-licm": (True, None), "streamed": (True, options),
+                "auto": (None, options)}  # fmt: skip
+    compiled = {name: _compiled(bf16_lm, stream, opts) for name, (stream, opts) in variants.items()}
+    temp = {name: c.memory_analysis().temp_size_in_bytes / layer_bytes for name, c in compiled.items()}
     # float32 copies of all layers (2× the bf16 bytes) when sliced once or when the pass lifts the widening
     # (measured 3.04 and 2.43)
     assert temp["sliced"] > 1.5, temp
@@ -73,7 +73,7 @@ def test_streamed_decode_holds_one_widened_layer(bf16_lm):
     assert temp["auto"] == temp["streamed"], temp  # the default picks the streamed loop on CPU
 
     # and the two loops compute the same thing (same bf16 math, another loop structure)
-    tok_s, lg_s = _compiled(bf16_lm, False, options)(params, ids)
-    tok_t, lg_t = _compiled(bf16_lm, True, options)(params, ids)
+    tok_s, lg_s = compiled["sliced"](params, ids)
+    tok_t, lg_t = compiled["streamed"](params, ids)
     np.testing.assert_array_equal(np.asarray(tok_s), np.asarray(tok_t))
     np.testing.assert_allclose(np.asarray(lg_t), np.asarray(lg_s), rtol=0, atol=2e-2 * float(np.abs(lg_s).max()))
