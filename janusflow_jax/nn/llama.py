@@ -370,8 +370,10 @@ class LlamaModel(nnx.Module):
 
     def layer_modules(self) -> list[LlamaDecoderLayer]:
         """The stacked layers as L separate modules. Call it once, outside a token loop: inside `jit`
-        it slices every stacked weight once, and the loop then reads each weight in place (a scan
-        over the stack inside the loop makes XLA:CPU copy every layer's slice on every token)."""
+        it slices every stacked weight once (XLA materialises the slices: a second copy of the layer
+        weights while the loop runs), and the loop then reads each slice in place (a scan over the
+        stack inside the loop makes XLA:CPU copy every layer's slice on every token; see
+        `decode_streamed` for the memory-lean alternative)."""
         graphdef, state = nnx.split(self.layers)
         return [
             nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state)) for i in range(self.cfg.num_hidden_layers)

@@ -125,7 +125,9 @@ def decode_loop(
     instead of slicing them once before the loop. None (default): stream where the program runs on
     XLA:CPU and the layer weights are narrower than float32 — CPU dots widen bfloat16 to float32,
     and sliced-once weights would then sit in the loop as float32 copies (Janus-Pro-7B: 2× its
-    14 GB). Elsewhere the slices are read in place.
+    14 GB). Elsewhere the loop is sliced: XLA materialises the slices (a second copy of the layer
+    weights while the loop runs) but then reads them without a per-step copy — the faster loop on
+    CPU in float32; `stream=True` trades that copy for one layer's slice per step.
     """
     args = (llm, first_hidden, cache, next_pos)
     kw = dict(num_tokens=num_tokens, embed=embed, logits=logits, choose=choose, eos_id=eos_id, pad_id=pad_id,
