@@ -21,7 +21,7 @@ from flax import nnx
 
 from janusflow_jax.nn.llama import positions_from_mask
 from janusflow_jax.sampling import text as text_sampling
-from janusflow_jax.sampling.decode import stream_choice
+from janusflow_jax.sampling.decode import narrow_floats, stream_choice
 from janusflow_jax.sharding import state_shardings
 
 __all__ = ["ModelBase", "LoadError", "special_ids", "place_params", "restore_target"]
@@ -79,7 +79,7 @@ def _compiler_options(leaves) -> dict | None:
     arrays = [a for a in leaves if isinstance(a, jax.Array)]
     if not arrays or any(d.platform != "cpu" for d in arrays[0].devices()):
         return None
-    if not any(jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize < 4 for a in arrays):
+    if not narrow_floats(arrays):
         return None
     return {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
 

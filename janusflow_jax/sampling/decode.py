@@ -23,7 +23,8 @@ from flax import nnx, struct
 from janusflow_jax.nn.kv_cache import DecodeCache
 from janusflow_jax.nn.llama import LlamaModel
 
-__all__ = ["Sampler", "DecodeResult", "decode_loop", "filter_logits", "DECODE_WEIGHTS", "stream_choice"]
+__all__ = ["Sampler", "DecodeResult", "decode_loop", "filter_logits", "DECODE_WEIGHTS", "stream_choice",
+           "narrow_floats"]
 
 # how a token loop reads the layers' weights: `decode_loop(stream=...)` for each name
 DECODE_WEIGHTS = {"auto": None, "sliced": False, "streamed": True}
@@ -34,6 +35,11 @@ def stream_choice(name: str) -> bool | None:
     if name not in DECODE_WEIGHTS:
         raise ValueError(f"decode_weights must be one of {', '.join(DECODE_WEIGHTS)}, got {name!r}")
     return DECODE_WEIGHTS[name]
+
+
+def narrow_floats(leaves) -> bool:
+    """Any floating leaf narrower than float32 (what XLA:CPU widens to multiply)."""
+    return any(jnp.issubdtype(a.dtype, jnp.floating) and jnp.dtype(a.dtype).itemsize < 4 for a in leaves)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +139,7 @@ def decode_loop(
     kw = dict(num_tokens=num_tokens, embed=embed, logits=logits, choose=choose, eos_id=eos_id, pad_id=pad_id,
               keep_logits=keep_logits, on_step=on_step)  # fmt: skip
     if stream is None:
-        narrow = any(jnp.dtype(a.dtype).itemsize < 4 for a in jax.tree.leaves(nnx.state(llm.layers, nnx.Param)))
-        if not narrow:
+        if not narrow_floats(jax.tree.leaves(nnx.state(llm.layers, nnx.Param))):
             return _loop(*args, stream=False, **kw)
         return jax.lax.platform_dependent(
             cpu=lambda: _loop(*args, stream=True, **kw), default=lambda: _loop(*args, stream=False, **kw)
