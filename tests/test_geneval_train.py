@@ -3,7 +3,7 @@ scaled down in steps and batch only): JanusFlow's VAE fine-tune then stages 1, 2
 tokenizer from scratch then its stages 1, 2 and 3, each stage starting from the previous one's export.
 The tokenizer's and stage 1's loss falls within the stage; stages 2 and 3 start from the previous
 export and see its batches step for step, and on them beat the previous stage (overall and on
-understanding) — within a dozen steps at batch 4 + 4 a stage's loss moves less than from one batch to
+understanding) — within 8 steps at batch 4 + 4 a stage's loss moves less than from one batch to
 the next once the model starts trained (the debiased EMA export is the previous stage's average). The
 VAE stage (a fine-tune of the shipped VAE) must move the weights and feed stage 1. The VQ reports its
 codebook usage, and each family's result loads, draws and answers.
@@ -43,15 +43,15 @@ TOKENIZER = ["data.mix.gen=4", "run.save_every=1000", "run.sample_every=0"]
 CHAINS = {  # family → [(preset, steps, overrides)]: the tokenizer stage, then stages 1-3
     "janusflow": [
         ("geneval/vae.yaml", 4, TOKENIZER),
-        ("geneval/stage1.yaml", 12, ["model.vae_from={prev}", *SMALL]),
-        ("geneval/stage2.yaml", 12, ["model.init_from={prev}", *SMALL]),
-        ("geneval/stage3.yaml", 12, ["model.init_from={prev}", *SMALL]),
+        ("geneval/stage1.yaml", 8, ["model.vae_from={prev}", *SMALL]),
+        ("geneval/stage2.yaml", 8, ["model.init_from={prev}", *SMALL]),
+        ("geneval/stage3.yaml", 8, ["model.init_from={prev}", *SMALL]),
     ],
     "janus": [
         ("geneval-janus/vq.yaml", 16, TOKENIZER),
-        ("geneval-janus/stage1.yaml", 12, ["model.vq_from={prev}", *SMALL]),
-        ("geneval-janus/stage2.yaml", 12, ["model.init_from={prev}", *SMALL]),
-        ("geneval-janus/stage3.yaml", 12, ["model.init_from={prev}", *SMALL]),
+        ("geneval-janus/stage1.yaml", 8, ["model.vq_from={prev}", *SMALL]),
+        ("geneval-janus/stage2.yaml", 8, ["model.init_from={prev}", *SMALL]),
+        ("geneval-janus/stage3.yaml", 8, ["model.init_from={prev}", *SMALL]),
     ],
 }
 
