@@ -903,10 +903,13 @@ def report(p: Plan) -> str:
         else:
             lines.append("collectives: none")
         ratio = p.hlo_flops / p.model_flops if p.model_flops else float("nan")
+        sampling = p.what.startswith("sample")
+        why = ("XLA's cost analysis counts each loop body once — the ODE or token loop, the layer scan — so "
+               "the estimate uses the model count" if sampling else
+               "the compiled count includes remat recompute, the frozen VAE/SigLIP and masked attention")  # fmt: skip
         lines.append(
             f"FLOPs per step: {p.hlo_flops / 1e12:.2f} TFLOP compiled ({p.cost_src} cost analysis × {t.chips} devices), "
-            f"{p.model_flops / 1e12:.2f} TFLOP model (janusflow_jax.flops); ratio {ratio:.2f} "
-            "(the compiled count includes remat recompute, the frozen VAE/SigLIP and masked attention)"
+            f"{p.model_flops / 1e12:.2f} TFLOP model (janusflow_jax.flops); ratio {ratio:.2f} ({why})"
         )
         tm = p.times()
         lines.append(
@@ -918,6 +921,14 @@ def report(p: Plan) -> str:
             f"(≥ {tm['overlapped'] * 1e3:.1f} ms with every collective hidden); "
             f"estimated MFU {100 * p.mfu:.1f}% (model FLOPs / (chips × peak × step))"
         )
+        if tm["compute"] >= max(tm["hbm"], tm["ici"]) and tm["ici"] < 0.01 * tm["step"]:
+            lines.append("  compute-bound with next to no exposed collectives: the roofline is the chip's peak, so "
+                         "this MFU is an upper bound, not a prediction (kernel efficiency, attention and the "
+                         "convolutions decide the real figure)")  # fmt: skip
+        if sampling and "images" in p.settings and tm["step"] > 0:
+            per_chip = p.settings["images"] / tm["step"] / t.chips
+            lines.append(f"  at this estimate: {p.settings['images']} images per {tm['step']:.2f} s program, "
+                         f"{per_chip:.1f} images/s per chip (an upper bound)")  # fmt: skip
     lines.append(last_line(p))
     return "\n".join(lines)
 

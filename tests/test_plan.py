@@ -187,3 +187,21 @@ def test_janus_sampling_plan_counts_the_weights_every_step():
     t = p.times()
     assert t["hbm"] == pytest.approx(p.min_hbm_bytes / (p.target.hbm_gbs * 1e9))
     assert t["hbm"] > t["compute"] and 0 < p.mfu < 0.5
+    text = plan.report(p)
+    assert "counts each loop body once" in text and "images/s per chip" in text, text
+    assert "upper bound, not a prediction" not in text  # weight reads bound it, not the peak
+
+
+def test_compute_bound_estimate_is_called_an_upper_bound():
+    """A program whose roofline is the chip's peak (JanusFlow's sampling: 30 velocity evaluations of
+    every row, collectives next to none) reports 100% as the bound it is, and images/s per chip."""
+    t = plan.get_target("8xH100")
+    flops = 8 * t.bf16_tflops * 1e12  # one second of all chips at peak
+    p = plan.Plan(what="sample janusflow", target=t, mesh={"data": 8}, settings={"images": 64}, fits=True,
+                  compiled=True, bytes={"total": 2**30}, hlo_flops=flops / 100, model_flops=flops,
+                  min_hbm_bytes=1e9)  # fmt: skip
+    assert p.times()["step"] == pytest.approx(1.0) and p.mfu == pytest.approx(1.0)
+    text = plan.report(p)
+    assert "upper bound, not a prediction" in text, text
+    assert "64 images per 1.00 s program, 8.0 images/s per chip" in text, text
+    assert text.splitlines()[-1] == "plan: fits, 1.00 GiB of 79.1 GiB per chip, 8 chips, estimated MFU 100.0%"
