@@ -1,11 +1,10 @@
 """Test setup: 8 simulated CPU devices, float32, highest matmul precision (set before jax import).
 
-Tests compile far more than they run (the tiny train step: ~23 s to compile, 0.3 s to run), so
-XLA's LLVM backend runs at optimization level 0 here: about half the compile time, and without
-fast-math the float semantics (what the parity tests check) are the same. XLA:CPU's MLIR fusion
-emitters are off too (the classic elemental emitters instead): the tiny stage-3 train step then
-compiles in 10 s instead of 22 s (same loss and gradient norm to the last bit, 0.25 s a step instead
-of 0.20). Benchmarks and real runs keep XLA's defaults. Subprocess tests pass `FAST_COMPILE` on too.
+Tests compile far more than they run, so two XLA:CPU settings here trade run time for compile time.
+The LLVM backend runs at optimization level 0: about half the compile time, and without fast-math the
+float semantics (what the parity tests check) are the same. The MLIR fusion emitters are off (the
+classic elemental emitters instead): the tiny stage-3 train step then compiles in 10 s instead of
+22 s, with the same loss and gradient norm to the last bit (0.25 s a step instead of 0.20). Benchmarks and real runs keep XLA's defaults. Subprocess tests pass `FAST_COMPILE` on too.
 """
 
 import os
