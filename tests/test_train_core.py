@@ -3,6 +3,7 @@
 all through `training.build` (what the loop runs)."""
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -117,6 +118,17 @@ def test_ema_is_the_debiased_average_of_the_run_s_weights():
     assert ema_update(ema, {"w": jnp.asarray(ps[1])}, None, 1) is ema  # no decay: no EMA
     big = ema_update({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}, 0.9, jnp.int32(10_000))  # d_t -> decay
     np.testing.assert_allclose(np.asarray(big["w"]), 0.1, rtol=1e-5)
+
+
+def test_init_leaves_loaded_parts_out_without_touching_the_rest():
+    """`init_params` drops loaded parts (e.g. Janus's trained VQ inside the random `janus` module)
+    from its random-init program: `_without` removes exactly those subtrees, from a copy."""
+    from janusflow_jax.training.build import _without
+
+    tree = {"janus": {"gen_vision_model": {"w": 1}, "gen_head": {"w": 2}, "vision_model": {"w": 3}}, "vq": {"w": 4}}
+    got = _without(tree, [("janus", "gen_vision_model"), ("janus", "absent", "x"), ("absent",)])
+    assert got == {"janus": {"gen_head": {"w": 2}, "vision_model": {"w": 3}}, "vq": {"w": 4}}
+    assert "gen_vision_model" in tree["janus"]  # the input is left as it was
 
 
 # --- the training forward on the tiny fixture model ---------------------------------------------
@@ -372,9 +384,16 @@ def test_vae_losses_match_numpy():
 
 
 @pytest.mark.slow
-def test_vae_step_sharded_equals_single_device():
-    """The VAE step (convolutions sharded fsdp/tensor) on {data:2, fsdp:2, tensor:2} equals one device."""
-    ov = ["task=vae", f"model.vae_config={TINY_DIR / 'vae' / 'config.json'}", "optim.lr=1e-3", "optim.eps=1e-3",
+def test_vae_step_sharded_equals_single_device(tmp_path):
+    """The VAE step (convolutions sharded fsdp/tensor) on {data:2, fsdp:2, tensor:2} equals one device.
+    The fixture VAE's architecture cut to two levels of one ResNet block at 16 px: every kind of layer
+    (convolutions, GroupNorm, down/upsampling, the mid-block attention) at half the fixture's compile."""
+    with open(TINY_DIR / "vae" / "config.json") as f:
+        vae_cfg = json.load(f)
+    vae_cfg.update(block_out_channels=[16, 32], down_block_types=vae_cfg["down_block_types"][:2],
+                   up_block_types=vae_cfg["up_block_types"][:2], layers_per_block=1, sample_size=16)  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(vae_cfg))
+    ov = ["task=vae", f"model.vae_config={tmp_path / 'config.json'}", "optim.lr=1e-3", "optim.eps=1e-3",
           "loss.vae.kl_weight=1e-3", "data.mix.gen=8", "data.gen.kind=shapes"]  # fmt: skip
     cfg = load_config(None, ov)
     b1 = build(cfg, make_mesh(), weights=False)

@@ -127,7 +127,10 @@ def test_sigkill_mid_run_or_during_a_save_then_resume_matches_uninterrupted(data
     n = 20
     steps = [f"run.steps={n}", "run.save_every=2", "run.keep=2"]
     ref = root / f"uninterrupted-{task}"
-    r = _train(root, common, f"run.out_dir={ref}", *steps, "run.sample_prompts=[a red square]", "run.sample_steps=3")
+    # the reference saves only at its end (run.save_every is a resumable setting: it changes no number;
+    # each async save costs ~0.8 s a step here)
+    r = _train(root, common, f"run.out_dir={ref}", *steps, f"run.save_every={n}", "run.sample_prompts=[a red square]",
+               "run.sample_steps=3")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     _check_reference_run(task, ref, r.stderr, n)
     fault, kill_step, resumable = KILLS[task]
