@@ -100,10 +100,22 @@ def test_questions_and_answers_match_the_pixels():
                 assert {d.colour for d in found if d.shape == shape} == {a}
             elif qk == "what":
                 assert a.split(" and ") == _shapes(s) and {d.shape for d in found} == set(_shapes(s))
-        if s.kind == "position":
-            answers = [a for qk, _, a in qa if qk == "position"]
-            assert sorted(answers) == ["no", "yes"]
-    assert kinds_seen == set(W.QUESTION_KINDS)
+            elif qk == "position":  # the judge's relation on the detections agrees with the answer
+                m = re.fullmatch(r"is the (\w+) (left of|right of|above|below) the (\w+)\?", q)
+                (da,), (db,) = ([d for d in found if d.shape == m[i]] for i in (1, 3))
+                assert J.relation_holds(da, db, m[2]) == (a == "yes"), (s, q, a)
+        answers = [a for qk, _, a in qa if qk == "position"]
+        if len(s.objects) == 2:  # every two-object scene: yes/no pairs, 1 or 2 axes
+            assert len(answers) in (2, 4) and answers.count("yes") == answers.count("no")
+        else:
+            assert answers == []
+        if s.kind == "position":  # exactly the stated relation's pair
+            assert [q for qk, q, _ in qa if qk == "position"] == [
+                f"is the {s.objects[0].shape} {r} the {s.objects[1].shape}?"
+                for r in (s.relation, W.INVERSE[s.relation])
+            ]
+            kinds_seen.add("two-object position")
+    assert kinds_seen == set(W.QUESTION_KINDS) | {"two-object position"}
 
 
 # --- rendering ---------------------------------------------------------------------------------------
@@ -344,7 +356,7 @@ def test_tfds_builder_read_by_the_train_loader(tmp_path):
 
     src = {c: builder.build(str(tmp_path), c).as_data_source() for c in ("captions", "qa")}
     for c in ("captions", "qa"):
-        assert (tmp_path / "geneval" / c / "1.1.0").is_dir() and set(src[c]) == {"train", "heldout"}
+        assert (tmp_path / "geneval" / c / "1.2.0").is_dir() and set(src[c]) == {"train", "heldout"}
     n_train = sum(len(TRAIN[k]) * W.repeats_of(k, "train", 4, builder.DEFAULT_MIN_PER_KIND) for k in W.KINDS)
     assert len(src["captions"]["train"]) == n_train and len(src["captions"]["heldout"]) == len(W.specs("heldout"))
     by_key = {s.key: s for s in W.all_specs()}

@@ -36,7 +36,13 @@ Two-object specs are unordered; `specs()` lists them with the objects in `SHAPES
 Captions: `caption(spec, variant)`, variant 0 canonical (GenEval's "a photo of …"), 1 … `N_VARIANTS`-1
 fixed paraphrases of the same spec. Questions (`qa(spec, seed)`): (question kind,
 question, answer) about the rendered image, kinds `what` / `count` / `color` / `position`, answers short
-lower-case words (`circle`, `circle and square`, `three`, `red`, `yes`, `no`).
+lower-case words (`circle`, `circle and square`, `three`, `red`, `yes`, `no`). Position questions are
+asked about every two-object scene (two_objects, position, color_attr), in pairs: for each axis along
+which the two box centres lie ≥ `RELATION_DISTANCE` apart, "is the A <relation> the B?" → yes and the
+inverse relation → no (A, B in caption order; a position prompt's scene gives exactly its stated
+relation's pair). Asked only about position prompts, as before the builder's version 1.2.0, they
+were 5 % of the training questions, over 64 scenes, and held-out position accuracy stayed at 0.500 in
+every model measured.
 
 Splits (`is_heldout`, `specs(split, kind)`), deterministic, by a modular code on value indices (the shapes
 world's rule). `held-out` specs are new compositions; `PAIRS` documents the pairs guaranteed in training
@@ -359,10 +365,13 @@ def qa_of(spec: Spec, placed: Sequence[Placement]) -> list[tuple[str, str, str]]
     for o in spec.objects:
         q = f"what color is the {o.shape}?" if o.count == 1 else f"what color are the {PLURALS[o.shape]}?"
         out.append(("color", q, colour[o.shape]))
-    if spec.kind == "position":
-        a, b = names
-        out.append(("position", f"is the {a} {spec.relation} the {b}?", "yes"))
-        out.append(("position", f"is the {a} {INVERSE[spec.relation]} the {b}?", "no"))
+    if len(names) == 2:  # two_objects, position, color_attr: the relation on every axis it is clear on
+        a, b = placed
+        for true, d in (("left of", b.x - a.x), ("above", b.y - a.y)):
+            if abs(d) >= RELATION_DISTANCE:
+                rel = true if d > 0 else INVERSE[true]
+                out.append(("position", f"is the {a.shape} {rel} the {b.shape}?", "yes"))
+                out.append(("position", f"is the {a.shape} {INVERSE[rel]} the {b.shape}?", "no"))
     return out
 
 
