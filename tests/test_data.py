@@ -203,6 +203,35 @@ def test_train_config_data_kinds_are_the_builders_plus_shapes_and_tfds():
         load_config(None, base + ["data.gen.kind=caption_folder"])
 
 
+def test_world_sources_take_repeats(monkeypatch):
+    """data.<role>.repeats reaches the world builder (0 → its default); other kinds refuse it."""
+    from janusflow_jax.geneval import builder as geneval_builder
+    from janusflow_jax.training import data_sources
+    from janusflow_jax.training.config import load_config
+    from janusflow_jax.training.state import TrainConfigError
+
+    calls = []
+
+    class _Built:
+        def as_data_source(self):
+            return {"train": ["rec"]}
+
+    def fake_build(data_dir, config, **kw):
+        calls.append((config, kw))
+        return _Built()
+
+    monkeypatch.setattr(geneval_builder, "build", fake_build)
+    base = ["model.init_from=default", "data.mix.gen=0", "data.mix.und=2", "data.mix.text=0", "data.und.kind=geneval"]
+    for arg, want in (([], None), (["data.und.repeats=8"], 8)):
+        cfg = load_config(None, base + arg)
+        assert data_sources._source(cfg.data.und, "und", "unused", build=True) == ["rec"]
+        assert calls[-1] == ("qa", {"build": True, "repeats": want})
+    with pytest.raises(TrainConfigError, match=r"data.und.repeats: only the shapes/geneval worlds .* 'image_qa'"):
+        load_config(None, base + ["data.und.kind=image_qa", "data.und.repeats=2"])
+    with pytest.raises(TrainConfigError, match=r"data.und.repeats must be >= 0"):
+        load_config(None, base + ["data.und.repeats=-1"])
+
+
 # --- loader ----------------------------------------------------------------------------------------
 
 

@@ -62,6 +62,7 @@ class SourceConfig:
     kind: str = ""  # one of training.data_sources.SOURCE_KINDS (checked by TrainConfig.validate)
     path: str = ""
     split: str = "train"
+    repeats: int = 0  # shapes/geneval only: renders per training spec (0: the builder's default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +203,7 @@ class TrainConfig:
         mix = self.data.mix
         if min(mix.gen, mix.und, mix.text) < 0 or mix.gen + mix.und + mix.text == 0:
             raise TrainConfigError("data.mix: give a non-negative number of rows per kind, at least one positive")
-        from janusflow_jax.training.data_sources import SOURCE_KINDS
+        from janusflow_jax.training.data_sources import SOURCE_KINDS, WORLD_KINDS
 
         for kind in ("gen", "und", "text"):
             source_kind = getattr(self.data, kind).kind
@@ -213,6 +214,12 @@ class TrainConfig:
                 raise TrainConfigError(f"data.mix.{kind} > 0 but data.{kind}.kind is not set")
             if source_kind and source_kind not in SOURCE_KINDS:
                 raise TrainConfigError(f"data.{kind}.kind: unknown kind {source_kind!r}; one of {sorted(SOURCE_KINDS)}")
+            repeats = getattr(self.data, kind).repeats
+            if repeats and source_kind not in WORLD_KINDS:
+                raise TrainConfigError(f"data.{kind}.repeats: only the {'/'.join(WORLD_KINDS)} worlds render repeats; "
+                                       f"data.{kind}.kind is {source_kind!r}")  # fmt: skip
+            if repeats < 0:
+                raise TrainConfigError(f"data.{kind}.repeats must be >= 0 (0: the builder's default), got {repeats}")
             if getattr(mix, kind) % self.optim.grad_accum:
                 raise TrainConfigError(f"data.mix.{kind} must be divisible by optim.grad_accum")
         cls.check_model(self.model)

@@ -19,6 +19,7 @@ SOURCE_KINDS = {
     "geneval": "the synthetic GenEval world (janusflow_jax.geneval); path unused",
     "tfds": "an already prepared TFDS dataset folder (…/<name>/<version>/)",
 }
+WORLD_KINDS = ("shapes", "geneval")  # rendered worlds: data.<role>.repeats picks renders per training spec
 
 
 def _source(src_cfg, role: str, data_dir: str, build: bool):
@@ -33,14 +34,13 @@ def _source(src_cfg, role: str, data_dir: str, build: bool):
         if not os.path.isdir(src_cfg.path):
             raise DataError(f"data.{role}.path: {src_cfg.path} is not a prepared TFDS dataset folder")
         b = tfds.builder_from_directory(src_cfg.path)
-    elif kind == "shapes":
-        from janusflow_jax.shapes import builder as shapes_builder
-
-        b = shapes_builder.build(data_dir, config="captions" if role == "gen" else "qa", build=build)
-    elif kind == "geneval":
-        from janusflow_jax.geneval import builder as geneval_builder
-
-        b = geneval_builder.build(data_dir, config="captions" if role == "gen" else "qa", build=build)
+    elif kind in WORLD_KINDS:
+        if kind == "shapes":
+            from janusflow_jax.shapes import builder as world_builder
+        else:
+            from janusflow_jax.geneval import builder as world_builder
+        b = world_builder.build(data_dir, config="captions" if role == "gen" else "qa", build=build,
+                                repeats=src_cfg.repeats or None)  # fmt: skip
     else:
         if build:
             b = builders.build(kind, src_cfg.path, data_dir)
