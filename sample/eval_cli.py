@@ -6,6 +6,7 @@
                           [--limit N] [--also "10:euler" --also "10:heun"] [--out DIR] [--json FILE]
     janusflow-eval geneval [--checkpoint DIR] [--per-kind N] [--images-per-prompt N] [--seed 0]
                            [--sampler S ...] [--cfg W] [--out DIR] [--json FILE]
+                           [--skip-generation] [--understanding-split heldout|train|both]
 
 Without `--checkpoint` the shipped default model is evaluated. shapes: one image per held-out
 canonical caption, judged from its pixels; the five questions about every held-out combination;
@@ -13,7 +14,8 @@ writes OUT/grid_<steps>_<solver>.png. geneval (either family): GenEval-style sco
 (the fraction of images satisfying every stated constraint) and overall, understanding accuracy per
 question kind; writes OUT/geneval_<sampler>.png, each image framed green (judged right) or red.
 Samplers: JanusFlow `STEPS:SOLVER` (default 30:euler), Janus `sample` (temperature --temperature,
-default) or `greedy`.
+default) or `greedy`. `--understanding-split train` asks the same questions about training renders
+(as many specs per kind): held-out far below train means memorised, not learned.
 """
 
 from __future__ import annotations
@@ -51,12 +53,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="only N held-out combinations, evenly spread")
     g = sub.add_parser("geneval", help="held-out GenEval-world scores per task kind, understanding per question kind")
     _model_options(g, "eval_geneval", "checkpoint of either family (default: the shipped model)")
-    g.add_argument("--sampler", action="append", default=None, metavar="S",
-                   help="JanusFlow STEPS:SOLVER, Janus sample|greedy; repeat for several (default 30:euler | sample)")
+    g.add_argument(
+        "--sampler",
+        action="append",
+        default=None,
+        metavar="S",
+        help="JanusFlow STEPS:SOLVER, Janus sample|greedy; repeat for several (default 30:euler | sample)",
+    )
     g.add_argument("--cfg", type=float, default=None, help="CFG weight (default: the family's, 2 | 5)")
     g.add_argument("--temperature", type=float, default=1.0, help="Janus `sample`: the sampling temperature")
     g.add_argument("--per-kind", type=int, default=None, help="only N prompts per task kind, evenly spread")
     g.add_argument("--images-per-prompt", type=int, default=1)
+    g.add_argument("--skip-generation", action="store_true", help="understanding only (e.g. an und-only run)")
+    g.add_argument(
+        "--understanding-split",
+        choices=("heldout", "train", "both"),
+        default="heldout",
+        help="ask about held-out renders, training renders (what was memorised), or both",
+    )
     gv = sub.add_parser("geneval-vae", help="judge a VAE's reconstructions of all 545 GenEval-world specs")
     gv.add_argument("--vae", required=True, help="VAE export of janusflow-train (task vae), checkpoint or folder")
     gv.add_argument("--per-kind", type=int, default=None, help="only N specs per task kind, evenly spread")
@@ -134,7 +148,9 @@ def geneval_samplers(family: str, specs: list[str] | None, cfg: float | None, te
             steps, _, solver = spec.partition(":")
             if not steps.isdigit() or int(steps) <= 0 or solver not in ("euler", "heun"):
                 raise CliError(f"--sampler {spec!r}: a JanusFlow sampler is STEPS:SOLVER, e.g. 30:euler or 10:heun")
-            out[f"{int(steps)}_{solver}"] = dict(num_steps=int(steps), solver=solver, cfg_weight=2.0 if cfg is None else cfg)
+            out[f"{int(steps)}_{solver}"] = dict(
+                num_steps=int(steps), solver=solver, cfg_weight=2.0 if cfg is None else cfg
+            )
         return out
     for spec in specs or ["sample"]:
         if spec not in ("sample", "greedy"):
@@ -169,7 +185,7 @@ def geneval(args) -> dict:
     specs = evaluate.prompt_specs(args.per_kind)
     figures: dict = {"checkpoint": args.checkpoint or "default", "family": model.family, "prompts": len(specs),
                      "images_per_prompt": args.images_per_prompt, "seed": args.seed, "generation": {}}  # fmt: skip
-    for name, kw in samplers.items():
+    for name, kw in ({} if args.skip_generation else samplers).items():
         rep = evaluate.evaluate_generation(
             model, specs, images_per_prompt=args.images_per_prompt, seed=args.seed, batch_size=args.batch_size, **kw
         )
@@ -180,10 +196,17 @@ def geneval(args) -> dict:
         per_image = None if rep.run_seconds is None else rep.run_seconds / len(rep.specs)
         figures["generation"][name] = dict(rep.scores, seconds=rep.seconds, seconds_per_image=per_image, sampler=kw,
                                            extra_objects_allowed=rep.lenient)  # fmt: skip
-    if not args.skip_understanding:
-        urep = evaluate.evaluate_understanding(model, specs)
-        print(evaluate.format_understanding(urep), flush=True)
-        figures["understanding"] = dict(urep.accuracy, seconds=urep.seconds)
+    if args.skip_understanding:
+        splits = []
+    elif args.understanding_split == "both":
+        splits = ["heldout", "train"]
+    else:
+        splits = [args.understanding_split]
+    for split in splits:
+        urep = evaluate.evaluate_understanding(model, evaluate.understanding_specs(split, args.per_kind), split=split)
+        print(f"[{split} renders]", evaluate.format_understanding(urep), sep="\n", flush=True)
+        figures["understanding" if split == "heldout" else "understanding_train"] = dict(urep.accuracy,
+                                                                                       seconds=urep.seconds)  # fmt: skip
         wrong = [r for r in urep.rows if evaluate.normalise_answer(r[3]) != r[2]]
         for _, q, e, a in wrong[:10]:
             print(f"  wrong: {q!r} expected {e!r}, answered {a!r}")

@@ -83,6 +83,33 @@ def test_oracle_scores_one_and_a_wrong_count_scores_zero_on_counting():
     assert u.accuracy == {**dict.fromkeys(world.QUESTION_KINDS, 1.0), "all": 1.0}
 
 
+def test_train_split_understanding_asks_about_training_records():
+    """split="train": training specs, as many per kind as held out, rendered exactly as the QA records
+    are (repeat 0, whatever the repeats); the oracle that knows only the held-out answers fails them."""
+    held, train = evaluate.understanding_specs("heldout", 2), evaluate.understanding_specs("train", 2)
+    assert [s.kind for s in train] == [s.kind for s in held]
+    assert not any(world.is_heldout(s) for s in train)
+    ex = {e.spec: e for e in world.examples("train", repeats=1)}
+    for s in train:
+        seed = evaluate.train_seed(s)
+        assert seed == ex[s].seed and tuple(ex[s].qa) == tuple(world.qa(s, seed))
+    rows = {}
+    for s in train:
+        img = world.render(s, evaluate.train_seed(s))
+        for _, q, a in world.qa(s, evaluate.train_seed(s)):
+            rows[img.tobytes(), q] = a
+
+    class Knows(_Oracle):
+        def answer(self, images, questions, max_new_tokens=8):
+            return [rows[np.asarray(i).tobytes(), q] for i, q in zip(images, questions)]
+
+    assert evaluate.evaluate_understanding(Knows(), train, split="train").accuracy["all"] == 1.0
+    with pytest.raises(KeyError):  # the held-out oracle has never seen these images
+        evaluate.evaluate_understanding(_Oracle(), train, split="train")
+    with pytest.raises(ValueError, match="split 'test'"):
+        evaluate.understanding_specs("test")
+
+
 def test_understanding_scores_a_constant_answer_by_question_kind():
     class Circle(_Oracle):
         def answer(self, images, questions, max_new_tokens=8):
@@ -120,6 +147,15 @@ def test_cli_on_both_families(fixture, samplers, tmp_path, capsys):
     assert set(fig["understanding"]) == {*world.QUESTION_KINDS, "all", "seconds"}
     png = Image.open(out / f"geneval_{name}.png")
     assert png.size == (64, 6 * 64)
+    # understanding only, on held-out and training renders
+    argv = ["geneval", "--checkpoint", str(fixture), "--per-kind", "1", "--skip-generation",
+            "--understanding-split", "both", "--json", str(js)]  # fmt: skip
+    assert eval_main(argv) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "[heldout renders]" in text and "[train renders]" in text and "overall" not in text
+    fig = json.loads(js.read_text())
+    assert fig["generation"] == {}
+    assert set(fig["understanding"]) == set(fig["understanding_train"]) == {*world.QUESTION_KINDS, "all", "seconds"}
     # bad options: one line, exit 2
     wrong = "greedy" if fixture == TINY_DIR else "30:euler"
     assert eval_main(["geneval", "--checkpoint", str(fixture), "--sampler", wrong, "--skip-understanding"]) == 2

@@ -9,7 +9,8 @@ judged right; `overall` is the mean over the kinds (GenEval's summary).
 Understanding: each evaluation spec rendered exactly with its held-out record seed (the seed
 `world.examples("heldout")` gives it), every question of `world.qa` about that image asked; an answer
 is right when, lower-cased and stripped of surrounding whitespace and final punctuation, it equals the
-expected one. Accuracy per question kind (`what`, `count`, `color`, `position`).
+expected one. Accuracy per question kind (`what`, `count`, `color`, `position`). The same on training
+renders (`understanding_specs("train")`, `split="train"`) measures how much of it is memorised.
 
 The model is anything with the library's `generate_images(prompts, seed=…, batch_size=…, **sampler)`
 and `answer(images, questions, max_new_tokens=…)`: both families' loaded models.
@@ -54,6 +55,25 @@ def spread_specs(per_kind: int | None = None) -> list[world.Spec]:
 def heldout_seed(spec: world.Spec) -> int:
     """The record seed of `spec`'s held-out rendering (`world.examples("heldout")`'s, for any spec)."""
     return world.record_seed(world.HELDOUT_SEED, "heldout", spec, 0)
+
+
+def train_seed(spec: world.Spec) -> int:
+    """The record seed of a training spec's first rendering (repeat 0: in the training QA records at
+    every `repeats` setting)."""
+    return world.record_seed(world.TRAIN_SEED, "train", spec, 0)
+
+
+def understanding_specs(split: str = "heldout", per_kind: int | None = None) -> list[world.Spec]:
+    """The specs whose renders the understanding evaluation asks about: `heldout`, the evaluation prompts
+    (`prompt_specs`); `train`, as many training specs per kind (`per_kind` at most), evenly spread —
+    the same questions on images the model was trained on, so the gap between the two shows what was
+    memorised rather than learned."""
+    held = prompt_specs(per_kind)
+    if split == "heldout":
+        return held
+    if split != "train":
+        raise ValueError(f"split {split!r} is not one of {world.SPLITS}")
+    return [s for k in world.KINDS for s in _spread(world.specs("train", k), sum(h.kind == k for h in held))]
 
 
 @dataclasses.dataclass
@@ -118,10 +138,17 @@ def _run_seconds(model) -> float | None:
     return float(model.__dict__.get("timings", {}).get("run_s", 0.0))
 
 
-def evaluate_understanding(model, specs: Sequence[world.Spec], *, max_new_tokens: int = 8) -> UnderstandingReport:
+def evaluate_understanding(
+    model, specs: Sequence[world.Spec], *, max_new_tokens: int = 8, split: str = "heldout"
+) -> UnderstandingReport:
+    """Every question of `world.qa` about each spec's render (the held-out record seed, or for
+    `split="train"` the training one)."""
+    if split not in world.SPLITS:
+        raise ValueError(f"split {split!r} is not one of {world.SPLITS}")
+    seed_of = heldout_seed if split == "heldout" else train_seed
     images, rows = [], []
     for s in specs:
-        seed = heldout_seed(s)
+        seed = seed_of(s)
         img = world.render(s, seed)
         for kind, q, a in world.qa(s, seed):
             images.append(img)
