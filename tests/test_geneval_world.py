@@ -104,11 +104,20 @@ def test_questions_and_answers_match_the_pixels():
                 m = re.fullmatch(r"is the (\w+) (left of|right of|above|below) the (\w+)\?", q)
                 (da,), (db,) = ([d for d in found if d.shape == m[i]] for i in (1, 3))
                 assert J.relation_holds(da, db, m[2]) == (a == "yes"), (s, q, a)
+            elif qk == "where":  # the answer is the relation the judge finds, its opposite does not hold
+                m = re.fullmatch(r"is the (\w+) (left or right of|above or below) the (\w+)\?", q)
+                (da,), (db,) = ([d for d in found if d.shape == m[i]] for i in (1, 3))
+                lo, hi = m[2].removesuffix(" of").split(" or ")
+                assert a in (lo, hi), (q, a)
+                rel = {"left": "left of", "right": "right of"}.get(a, a)
+                assert J.relation_holds(da, db, rel) and not J.relation_holds(da, db, W.INVERSE[rel]), (s, q, a)
         answers = [a for qk, _, a in qa if qk == "position"]
-        if len(s.objects) == 2:  # every two-object scene: yes/no pairs, 1 or 2 axes
+        where = [a for qk, _, a in qa if qk == "where"]
+        if len(s.objects) == 2:  # every two-object scene: yes/no pairs, 1 or 2 axes, one `where` per axis
             assert len(answers) in (2, 4) and answers.count("yes") == answers.count("no")
+            assert 2 * len(where) == len(answers)
         else:
-            assert answers == []
+            assert answers == where == []
         if s.kind == "position":  # exactly the stated relation's pair
             assert [q for qk, q, _ in qa if qk == "position"] == [
                 f"is the {s.objects[0].shape} {r} the {s.objects[1].shape}?"
@@ -356,7 +365,7 @@ def test_tfds_builder_read_by_the_train_loader(tmp_path):
 
     src = {c: builder.build(str(tmp_path), c).as_data_source() for c in ("captions", "qa")}
     for c in ("captions", "qa"):
-        assert (tmp_path / "geneval" / c / "1.2.0").is_dir() and set(src[c]) == {"train", "heldout"}
+        assert (tmp_path / "geneval" / c / "1.3.0").is_dir() and set(src[c]) == {"train", "heldout"}
     n_train = sum(len(TRAIN[k]) * W.repeats_of(k, "train", 4, builder.DEFAULT_MIN_PER_KIND) for k in W.KINDS)
     assert len(src["captions"]["train"]) == n_train and len(src["captions"]["heldout"]) == len(W.specs("heldout"))
     by_key = {s.key: s for s in W.all_specs()}

@@ -92,12 +92,14 @@ class Geneval(WorldBuilder):
     """The GenEval world (janusflow_jax.geneval.world) as image–caption and image–QA datasets."""
 
     # 1.1.0: object centres on the 8-px grid (`world.GRID`); 1.2.0: position questions about every
-    # two-object scene (`world.qa`). Older folders are not read by this version (tfds keeps versions apart).
-    VERSION = tfds.core.Version("1.2.0")
+    # two-object scene (`world.qa`); 1.3.0: `where` questions. Older folders are not read by this version
+    # (tfds keeps versions apart).
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES: ClassVar[dict] = {
         "1.0.0": "Initial release.",
         "1.1.0": "Object centres on the 8-px grid.",
         "1.2.0": "Position questions about every two-object scene, not only position prompts.",
+        "1.3.0": "`where` questions (is the circle left or right of the square?) beside the yes/no ones.",
     }
     BUILDER_CONFIGS: ClassVar[list] = [make_config("captions"), make_config("qa")]
     DESCRIPTION = "Synthetic GenEval world: GenEval's six task kinds with flat shapes on 64×64 white."
@@ -122,6 +124,6 @@ def builder(data_dir: str, config: str | GenevalConfig = "captions", **kwargs) -
 
 def build(data_dir: str, config: str | GenevalConfig = "captions", **kwargs) -> Geneval:
     """Builds (once; reused if already prepared, unless `overwrite=True`) and returns the `geneval` dataset
-    `data_dir/geneval/<config>/1.2.0/`; kwargs: `build`, `overwrite` (see `shapes.builder.build_world`) and
+    `data_dir/geneval/<config>/1.3.0/`; kwargs: `build`, `overwrite` (see `shapes.builder.build_world`) and
     the `make_config` settings (`repeats`, `min_per_kind`, `train_seed`, `heldout_seed`, `paraphrase_prob`)."""
     return build_world(builder, data_dir, config, **kwargs)

@@ -9,7 +9,7 @@ judged right; `overall` is the mean over the kinds (GenEval's summary).
 Understanding: each evaluation spec rendered exactly with its held-out record seed (the seed
 `world.examples("heldout")` gives it), every question of `world.qa` about that image asked; an answer
 is right when, lower-cased and stripped of surrounding whitespace and final punctuation, it equals the
-expected one. Accuracy per question kind (`what`, `count`, `color`, `position`). The same on training
+expected one. Accuracy per question kind (`world.QUESTION_KINDS`). The same on training
 renders (`understanding_specs("train")`, `split="train"`) measures how much of it is memorised.
 
 The model is anything with the library's `generate_images(prompts, seed=…, batch_size=…, **sampler)`

@@ -35,12 +35,15 @@ Two-object specs are unordered; `specs()` lists them with the objects in `SHAPES
 
 Captions: `caption(spec, variant)`, variant 0 canonical (GenEval's "a photo of …"), 1 … `N_VARIANTS`-1
 fixed paraphrases of the same spec. Questions (`qa(spec, seed)`): (question kind,
-question, answer) about the rendered image, kinds `what` / `count` / `color` / `position`, answers short
-lower-case words (`circle`, `circle and square`, `three`, `red`, `yes`, `no`). Position questions are
+question, answer) about the rendered image, kinds `what` / `count` / `color` / `position` / `where`,
+answers short lower-case words (`circle`, `circle and square`, `three`, `red`, `yes`, `no`, `left`).
+Position questions are
 asked about every two-object scene (two_objects, position, color_attr), in pairs: for each axis along
 which the two box centres lie ≥ `RELATION_DISTANCE` apart, "is the A <relation> the B?" → yes and the
 inverse relation → no (A, B in caption order; a position prompt's scene gives exactly its stated
-relation's pair; before the builder's version 1.2.0 only position prompts were asked).
+relation's pair; before the builder's version 1.2.0 only position prompts were asked). On each such
+axis also a `where` question (builder 1.3.0): "is the A left or right of the B?" → left | right, "is
+the A above or below the B?" → above | below.
 
 Splits (`is_heldout`, `specs(split, kind)`), deterministic, by a modular code on value indices (the shapes
 world's rule). `held-out` specs are new compositions; `PAIRS` documents the pairs guaranteed in training
@@ -96,7 +99,12 @@ COUNT_WORDS: dict[int, str] = {1: "one", 2: "two", 3: "three", 4: "four"}
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 INVERSE: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 KINDS: tuple[str, ...] = ("single_object", "two_objects", "counting", "colors", "position", "color_attr")
-QUESTION_KINDS: tuple[str, ...] = ("what", "count", "color", "position")
+QUESTION_KINDS: tuple[str, ...] = ("what", "count", "color", "position", "where")
+# `where`: "is the circle left or right of the square?" → "left" — the relation as the answer itself.
+# A yes/no position question's answer is the XOR of the relation word and the layout: per image and per
+# word it is balanced, so nothing about the layout alone or the word alone predicts it and a model
+# trained from scratch gets no first-order signal to start reading places from (it stays at chance).
+WHERE_AXES: tuple[tuple[str, str], ...] = (("left", "right"), ("above", "below"))
 
 BOX = shapes_world.SIZES["small"]  # 16: the side of every object's box, pixels
 GRID = 8  # px: box centres lie on multiples of GRID (a box then covers 2×2 whole grid cells)
@@ -370,6 +378,10 @@ def qa_of(spec: Spec, placed: Sequence[Placement]) -> list[tuple[str, str, str]]
                 rel = true if d > 0 else INVERSE[true]
                 out.append(("position", f"is the {a.shape} {rel} the {b.shape}?", "yes"))
                 out.append(("position", f"is the {a.shape} {INVERSE[rel]} the {b.shape}?", "no"))
+        for (lo, hi), d in zip(WHERE_AXES, (b.x - a.x, b.y - a.y), strict=True):
+            if abs(d) >= RELATION_DISTANCE:
+                rel = f"{lo} or {hi} of" if lo == "left" else f"{lo} or {hi}"
+                out.append(("where", f"is the {a.shape} {rel} the {b.shape}?", lo if d > 0 else hi))
     return out
 
 
